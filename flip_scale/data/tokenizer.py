@@ -1,0 +1,199 @@
+"""Text tokenizer: BERT-style uncased WordPiece, as FLIP used, on the `tokenizers` library.
+
+`data.tokenizer` names one of
+- a tokenizers JSON file (e.g. bert-base-uncased's tokenizer.json, or one written by
+  `flip-scale prep tokenizer`),
+- a BERT vocab.txt (one WordPiece token a line), built into an uncased BertWordPiece tokenizer,
+- `builtin`: a small deterministic vocabulary made in memory from the synthetic captions'
+  words plus single characters, so demos and tests need no file and no network.
+
+Whatever the source, the output is fixed length: [CLS] first (FLIP's text feature is the first
+token's output), [SEP] closing the text, padded with the pad id (0 for BERT vocabularies) and
+truncated to text_length. FLIP uses no attention mask, so padding must be a stable id.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from typing import Iterable, Iterator, Sequence
+
+import torch
+from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import WordPiece
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4, BERT's order of roles
+
+
+def _bert_pipeline(tok: Tokenizer) -> Tokenizer:
+    """Give a WordPiece model BERT-uncased normalisation, splitting, decoding and [CLS]/[SEP]."""
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                strip_accents=None, lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    # Mark the specials as special (ids unchanged) so decode(skip_special_tokens) drops them
+    # and normalisation never splits them.
+    tok.add_special_tokens([t for t in SPECIAL_TOKENS if tok.token_to_id(t) is not None])
+    _set_cls_sep(tok)
+    return tok
+
+
+def _set_cls_sep(tok: Tokenizer) -> None:
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    if cls_id is None or sep_id is None:
+        raise ValueError("tokenizer vocabulary lacks [CLS] or [SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+
+
+def builtin_vocab() -> list[str]:
+    """The builtin vocabulary: specials, synthetic caption words, characters and ## suffix characters."""
+    from .synthetic import caption_words  # local import: synthetic pulls in PIL/numpy only
+
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+    vocab = list(SPECIAL_TOKENS)
+    seen = set(vocab)
+    # Characters and ##characters make every ASCII word encodable (no [UNK] for plain English).
+    for t in chars + ["##" + c for c in string.ascii_lowercase + string.digits] + caption_words():
+        if t not in seen:
+            seen.add(t)
+            vocab.append(t)
+    return vocab
+
+
+def _from_vocab(tokens: Sequence[str]) -> Tokenizer:
+    vocab = {t: i for i, t in enumerate(tokens)}
+    return _bert_pipeline(Tokenizer(WordPiece(vocab=vocab, unk_token="[UNK]",
+                                              max_input_chars_per_word=100)))
+
+
+class TextTokenizer:
+    """Callable turning a list of captions into a LongTensor [B, text_length]."""
+
+    def __init__(self, tokenizer: Tokenizer, text_length: int):
+        if text_length < 2:
+            raise ValueError(f"text_length must be at least 2 ([CLS] + one token), got {text_length}")
+        self.tokenizer = tokenizer
+        self.text_length = text_length
+        pad_id = None
+        for name in ("[PAD]", "<pad>"):
+            pad_id = tokenizer.token_to_id(name)
+            if pad_id is not None:
+                pad_token = name
+                break
+        if pad_id is None:
+            raise ValueError("tokenizer vocabulary has no [PAD] token")
+        self.pad_id = pad_id
+        self.cls_id = tokenizer.token_to_id("[CLS]")
+        # Fix padding/truncation here rather than trusting the file's settings: the model's
+        # position table has exactly text_length entries.
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length=text_length)
+        tokenizer.enable_padding(length=text_length, pad_id=pad_id, pad_token=pad_token)
+        probe = tokenizer.encode("a").ids
+        if self.cls_id is not None and probe[0] != self.cls_id:
+            _set_cls_sep(tokenizer)  # a JSON without a post-processor: add BERT's template
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of entries in the embedding table the text tower needs."""
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def __call__(self, texts: Sequence[str] | str) -> torch.Tensor:
+        """Tokenise captions to int64 [B, text_length]: [CLS] first, [SEP], then pad id."""
+        if isinstance(texts, str):
+            texts = [texts]
+        encs = self.tokenizer.encode_batch(list(texts))
+        return torch.tensor([e.ids for e in encs], dtype=torch.long).reshape(len(encs),
+                                                                             self.text_length)
+
+    def decode(self, ids) -> str:
+        """Token ids (list or 1-D tensor) back to text, special tokens removed."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def save(self, path: str) -> None:
+        """Write the tokenizer as a tokenizers JSON file (loadable by load_tokenizer)."""
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.tokenizer.save(path)
+
+    # tokenizers objects pickle fine; define these so DataLoader workers get a usable copy.
+    def __getstate__(self):
+        return {"json": self.tokenizer.to_str(), "text_length": self.text_length}
+
+    def __setstate__(self, state):
+        self.__init__(Tokenizer.from_str(state["json"]), state["text_length"])
+
+
+def load_tokenizer(spec: str, text_length: int) -> TextTokenizer:
+    """Load `spec` ("builtin", a tokenizers JSON file or a BERT vocab.txt) as a fixed-length tokenizer."""
+    if spec == "builtin":
+        return TextTokenizer(_from_vocab(builtin_vocab()), text_length)
+    if not os.path.isfile(spec):
+        raise ValueError(f"data.tokenizer: no such file {spec!r} (expected a tokenizers JSON, "
+                         f"a BERT vocab.txt, or 'builtin')")
+    with open(spec, "rb") as f:
+        head = f.read(64).lstrip()
+    if head.startswith(b"{"):
+        try:
+            tok = Tokenizer.from_file(spec)
+        except Exception as e:  # noqa: BLE001 - surface the library's reason in one line
+            raise ValueError(f"data.tokenizer: cannot read tokenizers JSON {spec!r}: {e}") from e
+        return TextTokenizer(tok, text_length)
+    with open(spec, encoding="utf-8") as f:
+        tokens = [line.rstrip("\n") for line in f]
+    tokens = [t for t in tokens if t]
+    if not tokens or "[CLS]" not in tokens or "[PAD]" not in tokens:
+        raise ValueError(f"data.tokenizer: {spec!r} is not a BERT vocab.txt ([PAD]/[CLS] missing)")
+    return TextTokenizer(_from_vocab(tokens), text_length)
+
+
+def _iter_shard_captions(shards: str) -> Iterator[str]:
+    from .shards import expand_shards, iter_tar_samples
+
+    for url in expand_shards(shards):
+        for sample in iter_tar_samples(url):
+            txt = sample.get("txt")
+            if txt:
+                caption = txt.decode("utf-8", errors="replace").strip()
+                if caption:
+                    yield caption
+
+
+def train_tokenizer(shards: str, vocab_size: int, output: str,
+                    captions: Iterable[str] | None = None) -> TextTokenizer:
+    """Train an uncased WordPiece vocabulary of `vocab_size` on the captions of `shards`.
+
+    Writes a tokenizers JSON to `output` (plus `output`'s stem + .vocab.txt, a BERT vocab) and
+    returns the tokenizer. Special tokens get ids 0..4 ([PAD]=0), as in BERT's vocabulary.
+    """
+    from tokenizers.trainers import WordPieceTrainer
+
+    tok = Tokenizer(WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=None)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                               min_frequency=1, continuing_subword_prefix="##",
+                               show_progress=False)
+    texts = captions if captions is not None else _iter_shard_captions(shards)
+    n = 0
+
+    def counted():
+        nonlocal n
+        for t in texts:
+            n += 1
+            yield t
+
+    tok.train_from_iterator(counted(), trainer=trainer)
+    if n == 0:
+        raise ValueError(f"no captions found in {shards!r}")
+    _bert_pipeline(tok)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    tok.save(output)
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    with open(os.path.splitext(output)[0] + ".vocab.txt", "w", encoding="utf-8") as f:
+        f.write("".join(t + "\n" for t, _ in vocab))
+    return TextTokenizer(Tokenizer.from_file(output), 32)
