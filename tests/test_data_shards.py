@@ -1,0 +1,159 @@
+"""Training loader on real webdataset tar files: epochs, resampling, bad data, remote shards, resume."""
+
+import functools
+import http.server
+import io
+import os
+import tarfile
+import threading
+import types
+
+import pytest
+import torch
+
+from flip_scale.data.loader import build_train_loader
+from flip_scale.data.shards import expand_shards
+from flip_scale.data.synthetic import write_synthetic_shards
+
+
+def _cfg(shards, **kw):
+    base = dict(train_shards=shards, tokenizer="builtin", image_size=16, workers=0,
+                shuffle_buffer=8, shard_retry_delay_s=0.01, shards_per_chunk=2)
+    base.update(kw)
+    return types.SimpleNamespace(**base)
+
+
+def _loader(cfg, batch=4, rank=0, world=1, seed=0):
+    return build_train_loader(cfg, text_length=10, global_batch_size=batch, seed=seed, rank=rank,
+                              world_size=world)
+
+
+def _take(loader, n):
+    out = []
+    for b in loader:
+        out.append(b)
+        if len(out) == n:
+            break
+    return out
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("shards")
+    # 7 shards of uneven size (60 samples): the last shard is short, as in real downloads.
+    write_synthetic_shards(str(d), 60, 9, seed=0, image_size=20)
+    return str(d)
+
+
+def test_spec_forms(shard_dir):
+    all_tars = sorted(os.path.join(shard_dir, f) for f in os.listdir(shard_dir)
+                      if f.endswith(".tar"))
+    assert expand_shards(shard_dir) == all_tars
+    assert expand_shards(os.path.join(shard_dir, "{00000..00006}.tar")) == all_tars
+    assert expand_shards(",".join(all_tars[:2])) == all_tars[:2]
+    assert expand_shards("pipe:cat x/{0..2}.tar") == [f"pipe:cat x/{i}.tar" for i in range(3)]
+    assert expand_shards("http://h/{a,b}.tar,http://h/c.tar") == \
+        ["http://h/a.tar", "http://h/b.tar", "http://h/c.tar"]
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_two_ranks_two_workers_exact_epochs_see_each_sample_once_per_epoch(shard_dir, epochs):
+    seen = []
+    for rank in range(2):
+        cfg = _cfg(shard_dir, workers=2, epochs=epochs, drop_last=False)
+        loader = _loader(cfg, batch=8, rank=rank, world=2)
+        for b in loader:
+            assert b["images"].shape[1:] == (3, 16, 16) and len(b["index"]) <= 4
+            seen += b["index"].tolist()
+        assert sum(loader.counters().values()) == 0
+    assert sorted(seen) == sorted(list(range(60)) * epochs)
+
+
+def test_resampled_is_seeded_and_endless(shard_dir):
+    def run(seed):
+        cfg = _cfg(shard_dir, resampled=True, workers=2)
+        # 30 batches of 4 = 120 samples, twice the dataset: the stream does not end.
+        return torch.cat([b["index"] for b in _take(_loader(cfg, seed=seed), 30)])
+
+    a, b, c = run(1), run(1), run(2)
+    assert len(a) == 120 and torch.equal(a, b) and not torch.equal(a, c)
+    assert len(set(a.tolist())) < 120  # drawn with replacement: repeats occur
+
+
+def test_shard_resume_continues_with_the_same_batches(shard_dir):
+    cfg = _cfg(shard_dir, workers=2, shuffle_buffer=5)
+    ref = _take(_loader(cfg), 9)
+    first = _loader(cfg)
+    _take(first, 5)
+    sd = first.state_dict()
+    resumed = _loader(cfg)
+    resumed.load_state_dict(sd)
+    for a, b in zip(ref[5:], _take(resumed, 4)):
+        assert torch.equal(a["index"], b["index"])
+        assert torch.equal(a["images"], b["images"])
+
+
+def _add(tar, name, data):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def test_corrupt_members_are_skipped_and_counted(tmp_path):
+    good = write_synthetic_shards(str(tmp_path / "good"), 6, 6, seed=0, image_size=20)[0]
+    members = []
+    with tarfile.open(good) as tar:
+        for m in tar.getmembers():
+            members.append((m.name, tar.extractfile(m).read()))
+    bad = tmp_path / "bad.tar"
+    with tarfile.open(bad, "w") as tar:
+        for name, data in members:
+            if name == "000000001.jpg":
+                data = b"this is not an image"
+            if name == "000000002.txt":
+                data = b"   "
+            if name == "000000003.jpg":
+                data = data[: len(data) // 3]  # truncated JPEG body
+            _add(tar, name, data)
+        _add(tar, "000000009.jpg", members[0][1])  # no caption
+    # A second shard whose last member is cut off mid-data (a download that died).
+    trunc = tmp_path / "trunc.tar"
+    with tarfile.open(trunc, "w") as tar:
+        for name, data in members:
+            _add(tar, name.replace("00000000", "10000000"), data)
+    with tarfile.open(trunc) as tar:
+        last = tar.getmembers()[-1]
+    raw = trunc.read_bytes()
+    trunc.write_bytes(raw[: last.offset_data + last.size // 2])  # cut inside the last member
+    cfg = _cfg(f"{bad},{trunc}", epochs=1, drop_last=False, shuffle_buffer=1)
+    loader = _loader(cfg, batch=2)
+    seen = [i for b in loader for i in b["index"].tolist()]
+    counts = loader.counters()
+    assert counts["bad_image"] == 2 and counts["empty_caption"] == 1
+    assert counts["incomplete_sample"] == 1 and counts["corrupt_member"] == 1
+    assert {0, 4, 5} <= set(seen) and not {1, 2, 3} & set(seen)
+    assert len([i for i in seen if i >= 100000000]) == 5  # the cut-off last sample is lost
+
+
+@pytest.fixture()
+def http_base(shard_dir):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=shard_dir)
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_and_pipe_shards_with_a_dead_url(shard_dir, http_base):
+    spec = f"{http_base}/{{00000..00006}}.tar,{http_base}/missing.tar"
+    loader = _loader(_cfg(spec, workers=2, epochs=1, drop_last=False), batch=4)
+    seen = [i for b in loader for i in b["index"].tolist()]
+    assert sorted(seen) == list(range(60))
+    counts = loader.counters()
+    assert counts["shard_error"] == 1 and counts["shard_retry"] == 2  # 2 retries, then skipped
+    pipe = f"pipe:cat {shard_dir}/{{00000..00001}}.tar"
+    loader = _loader(_cfg(pipe, epochs=1, drop_last=False), batch=4)
+    assert sorted(i for b in loader for i in b["index"].tolist()) == list(range(18))

@@ -1,0 +1,52 @@
+"""Tokenizer: builtin vocab, BERT vocab.txt, training from shards, JSON round trip."""
+
+import pytest
+import torch
+
+from flip_scale.data.synthetic import write_synthetic_shards
+from flip_scale.data.tokenizer import SPECIAL_TOKENS, builtin_vocab, load_tokenizer, \
+    train_tokenizer
+
+
+def test_builtin_is_fixed_length_cls_first_pad_zero():
+    tok = load_tokenizer("builtin", 8)
+    ids = tok(["A Large RED circle", "a small blue square at the top right of it all"])
+    assert ids.shape == (2, 8) and ids.dtype == torch.long
+    assert ids[:, 0].tolist() == [tok.cls_id] * 2 and tok.pad_id == 0
+    assert ids[0, -1] == 0  # padded
+    assert 0 not in ids[1].tolist()  # truncated, no padding
+    assert tok.decode(ids[0]) == "a large red circle"
+    assert tok.vocab_size == len(builtin_vocab())
+
+
+def test_vocab_txt_builds_an_uncased_wordpiece(tmp_path):
+    vocab = SPECIAL_TOKENS + ["a", "photo", "of", "cat", "##s", "dog", "."]
+    path = tmp_path / "vocab.txt"
+    path.write_text("\n".join(vocab) + "\n")
+    tok = load_tokenizer(str(path), 8)
+    ids = tok(["A photo of Cats."])[0].tolist()
+    assert ids == [2, 5, 6, 7, 8, 9, 11, 3]
+    assert tok.decode(ids) == "a photo of cats."
+    assert tok(["zebra"])[0].tolist()[:3] == [2, 1, 3]  # unknown word -> [UNK]
+
+
+def test_trained_tokenizer_round_trips_captions(tmp_path):
+    shards = write_synthetic_shards(str(tmp_path / "s"), 40, 20, seed=0, image_size=16)
+    out = str(tmp_path / "tok" / "tokenizer.json")
+    train_tokenizer(str(tmp_path / "s"), 200, out)
+    tok = load_tokenizer(out, 32)
+    assert tok.vocab_size <= 200 and tok.pad_id == 0
+    caption = "a photo of a large red circle at the top left"
+    ids = tok([caption])[0]
+    assert ids[0] == tok.cls_id and tok.decode(ids) == caption
+    assert 1 not in ids.tolist()  # no [UNK] for words seen in training
+    # the BERT-style vocab.txt written beside it loads to the same ids
+    assert torch.equal(load_tokenizer(str(tmp_path / "tok" / "tokenizer.vocab.txt"), 32)([caption])[0], ids)
+    tok.save(str(tmp_path / "copy.json"))
+    assert torch.equal(load_tokenizer(str(tmp_path / "copy.json"), 32)([caption])[0], ids)
+    assert len(shards) == 2
+
+
+def test_bad_spec_is_one_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no such file"):
+        load_tokenizer(str(tmp_path / "nope.json"), 8)
