@@ -1,0 +1,72 @@
+"""`flip-scale` subcommands. Each only parses and dispatches; the work lives in the modules."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _error(msg: str) -> int:
+    print(f"flip-scale: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def cmd_train(args) -> int:
+    from .config import ConfigError, dump_config, load_recipe
+    from .distributed.env import detect_env
+
+    try:
+        cfg = load_recipe(args.recipe, args.overrides, world_size=detect_env().world_size)
+    except ConfigError as e:
+        return _error(str(e))
+    if args.print_config:
+        print(dump_config(cfg), end="")
+        return 0
+    from .train.trainer import run_training
+
+    try:
+        run_training(cfg)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        # Bad input found while building (tokenizer, shards, init_from): one line, non-zero.
+        return _error(str(e).splitlines()[0] if str(e) else repr(e))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.output, steps=args.steps)
+
+
+def cmd_prep(args, rest: list[str]) -> int:
+    from .data.prep_cli import main_prep
+
+    return main_prep(rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flip-scale", description="Train FLIP (CLIP with image masking) at scale.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train or resume a recipe")
+    t.add_argument("recipe", help="recipe YAML")
+    t.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("demo", help="train the tiny model on built-in synthetic data (CPU, minutes)")
+    d.add_argument("--output", default="runs/demo", help="run directory")
+    d.add_argument("--steps", type=int, default=300, help="optimizer steps")
+    d.set_defaults(func=cmd_demo)
+
+    sub.add_parser("prep", help="data preparation: download | tokenizer | synthetic (see `flip-scale prep -h`)",
+                   add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "prep":
+        return cmd_prep(None, argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return args.func(args)

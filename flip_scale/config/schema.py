@@ -1,0 +1,107 @@
+"""Typed recipe config. Every field carries a one-line doc (metadata["doc"]).
+
+Defaults follow the paper (FLIP_FACTS.md) unless the doc says otherwise; `recipes/` hold the
+actual runs. Sections sit here together so `--print-config` and validation see one tree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+def doc(default, text: str):
+    """A dataclass field with a one-line docstring attached."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
+@dataclass
+class ModelConfig:
+    """Which FLIP model and how it masks."""
+
+    name: str = doc("tiny", "size: tiny | vit_b16 | vit_l16 | vit_l14 | vit_h14")
+    mask_ratio: float = doc(0.5, "fraction of image patches dropped in training, in [0, 1) (FLIP: 0.5)")
+    text_length: int = doc(32, "tokens per caption, [CLS] first, padded/cut (FLIP: 32)")
+    image_pool: str = doc("mean_all", "mean_all (FLIP: all tokens incl. cls) | mean_patches | cls")
+    vocab_size: Optional[int] = doc(None, "text vocabulary size; null = the size table's (30523 for paper models)")
+
+
+@dataclass
+class DataConfig:
+    """Where samples come from and how they are prepared."""
+
+    train_shards: str = doc("synthetic", "webdataset shards (brace pattern, comma list, directory, URL, pipe:) or `synthetic`")
+    tokenizer: str = doc("builtin", "tokenizers JSON or BERT vocab.txt; `builtin` = the synthetic captions' vocabulary")
+    image_size: int = doc(224, "input pixels; the model's input size follows it (paper: 224)")
+    workers: int = doc(2, "loader worker processes per rank")
+    shuffle_buffer: int = doc(1000, "samples held in the shuffle buffer per worker")
+    resampled: bool = doc(True, "endless resampling of shards (long runs); false = exact epochs")
+    shard_retries: int = doc(2, "attempts to open a shard before it is skipped and counted")
+
+
+@dataclass
+class TrainConfig:
+    """Length, optimizer, schedule, output."""
+
+    global_batch_size: int = doc(32768, "samples per optimizer step over all ranks (FLIP ablations: 32k; best: 64k)")
+    samples: int = doc(2_560_000_000, "samples seen in the whole run (FLIP: 12.8B; ablations 2.56B)")
+    base_lr: float = doc(4e-6, "lr per 256 samples; peak lr = base_lr * global_batch_size / 256")
+    warmup_samples: int = doc(51_200_000, "linear warmup length in samples (FLIP: 51.2M for B/L, 256M for H)")
+    weight_decay: float = doc(0.2, "AdamW decoupled weight decay; none on biases, norms, pos/cls embeddings, logit scale")
+    beta1: float = doc(0.9, "AdamW beta1")
+    beta2: float = doc(0.95, "AdamW beta2 (FLIP: 0.95)")
+    eps: float = doc(1e-8, "AdamW epsilon")
+    grad_clip: float = doc(1.0, "max global gradient norm; 0 disables clipping")
+    seed: int = doc(0, "seed of init, data order, augmentation and masks")
+    out_dir: str = doc("runs/default", "run directory: config, metrics, checkpoints, summary")
+    init_from: Optional[str] = doc(None, "checkpoint or run dir whose weights start this run with a fresh optimizer")
+    log_every_steps: int = doc(10, "steps between metric reductions/logs")
+    device: str = doc("auto", "auto | cpu | cuda")
+
+
+@dataclass
+class CheckpointConfig:
+    """When checkpoints are written and how many stay."""
+
+    every_steps: int = doc(1000, "steps between checkpoints (0 = only at the end)")
+    keep: int = doc(3, "how many recent checkpoints to keep")
+
+
+@dataclass
+class ParallelConfig:
+    """How the model is spread over devices."""
+
+    backend: str = doc("single", "single | ddp | fsdp | deepspeed")
+    zero_stage: Optional[int] = doc(None, "DeepSpeed ZeRO stage 1 | 2 | 3; only with backend deepspeed (null there = 2)")
+    activation_checkpointing: bool = doc(False, "recompute each transformer block in backward")
+    compile: bool = doc(False, "torch.compile each transformer block")
+    precision: str = doc("fp32", "fp32 | bf16 (bf16 autocast / bf16 params with fp32 reduction)")
+
+
+@dataclass
+class EvalConfig:
+    """In-training evaluation."""
+
+    zeroshot: Optional[str] = doc(None, "zero-shot dataset dir (CLIP_benchmark layout) evaluated during training")
+    every_steps: int = doc(0, "steps between in-training evaluations (0 = only at the end when zeroshot is set)")
+
+
+@dataclass
+class Config:
+    """A whole recipe."""
+
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"doc": "model and masking"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"doc": "training data"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"doc": "length, optimizer, schedule, output"})
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, metadata={"doc": "checkpointing"})
+    parallel: ParallelConfig = field(default_factory=ParallelConfig, metadata={"doc": "parallelism and precision"})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"doc": "in-training evaluation"})
+
+    @property
+    def peak_lr(self) -> float:
+        return self.train.base_lr * self.train.global_batch_size / 256
+
+    @property
+    def total_steps(self) -> int:
+        return self.train.samples // self.train.global_batch_size

@@ -1,0 +1,116 @@
+"""The one interface the trainer talks to. Each backend is one file plus a registry entry.
+
+Build order (torchtitan's): the plain model is built, then `parallelize` applies activation
+checkpointing, then per-block compile, then the backend's wrapping/sharding, and only then is
+the optimizer built over the (possibly sharded) parameters.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ...config import Config
+from ...train.optim import param_groups
+from ..env import DistEnv
+
+
+def apply_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute every transformer block in backward (the wrapper keeps state-dict keys unchanged)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    for blocks in (model.visual.blocks, model.text.blocks):
+        for i, block in enumerate(blocks):
+            # preserve_rng_state=False: the blocks use no dropout, and saving RNG state costs a sync.
+            blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+
+
+def apply_compile(model: nn.Module) -> None:
+    """Compile each block in place (nn.Module.compile keeps parameter names, unlike torch.compile(m))."""
+    for blocks in (model.visual.blocks, model.text.blocks):
+        for block in blocks:
+            block.compile(dynamic=False)
+
+
+class Backend:
+    """Owns wrapping, precision, backward, optimizer step and checkpoint I/O for one strategy."""
+
+    name = "base"
+
+    def __init__(self, cfg: Config, denv: DistEnv, device: torch.device):
+        self.cfg, self.denv, self.device = cfg, denv, device
+        self.model: nn.Module | None = None  # the plain FlipModel (parameters may be sharded)
+        self.module: nn.Module | None = None  # what the trainer calls: the model or its wrapper
+        self.optimizer = None
+
+    # -- set-up -----------------------------------------------------------------------------
+    def parallelize(self, model: nn.Module) -> None:
+        """Activation checkpointing, then compile, then this backend's `wrap`; then the optimizer."""
+        if self.cfg.parallel.activation_checkpointing:
+            apply_activation_checkpointing(model)
+        if self.cfg.parallel.compile:
+            apply_compile(model)
+        self.model = model
+        self.module = self.wrap(model)
+        self.optimizer = self.build_optimizer(param_groups(self.model, self.cfg.train.weight_decay))
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def build_optimizer(self, groups: list[dict]):
+        t = self.cfg.train
+        # Fused AdamW on CUDA (one kernel for all params); foreach on CPU.
+        fused = self.device.type == "cuda"
+        return torch.optim.AdamW(groups, lr=0.0, betas=(t.beta1, t.beta2), eps=t.eps,
+                                 fused=fused, foreach=None if fused else True)
+
+    # -- step -------------------------------------------------------------------------------
+    def autocast(self):
+        if self.cfg.parallel.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def clip_grad_norm(self) -> torch.Tensor:
+        max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else float("inf")
+        return torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=True)
+
+    def step(self, lr: float) -> torch.Tensor:
+        """Clip, step, zero grads; returns the pre-clip global grad norm (a device tensor, no sync)."""
+        norm = self.clip_grad_norm()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def clamp_logit_scale(self) -> None:
+        self.model.clamp_logit_scale()
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save(self, ckpt_dir: Path) -> None:
+        """Write model + optimizer state into ckpt_dir. Called on EVERY rank (collective)."""
+        raise NotImplementedError
+
+    def load(self, ckpt_dir: Path) -> None:
+        """Restore model + optimizer state saved by `save` (called on every rank)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def read_full_weights(ckpt_dir: Path) -> dict:
+        """Unsharded weights from a checkpoint this backend wrote, on one process, no process group."""
+        raise NotImplementedError
+
+    def load_model_weights(self, state_dict: dict) -> None:
+        """Load full (unsharded) model weights, e.g. for init_from; the optimizer stays fresh."""
+        missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"init_from weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+    def full_state_dict(self) -> dict:
+        """Unsharded model weights on CPU (collective; every rank gets them)."""
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}

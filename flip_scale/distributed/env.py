@@ -1,0 +1,99 @@
+"""Who am I in the job: ranks from torchrun or Slurm variables, and joining the process group.
+
+torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT. Under `srun` each task
+gets SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID; the rendezvous address is the first host of
+the job's node list and the port is derived from the job id, so every task computes the same
+pair without talking to the others (open_clip's and lingua's approach).
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    launcher: str = "none"  # none | torchrun | slurm
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """First host of a Slurm node list ('node[01-04]' -> 'node01'), via scontrol when present."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                             timeout=30, check=True).stdout.split()
+        if out:
+            return out[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    # Fallback parser for the common forms when scontrol is missing (e.g. a container).
+    head = nodelist.split(",")[0]
+    if "[" in head:
+        prefix, rng = head.split("[", 1)
+        first = rng.rstrip("]").split(",")[0].split("-")[0]
+        return prefix + first
+    return head
+
+
+def slurm_master_port(job_id: str) -> int:
+    return 15000 + int(job_id) % 20000
+
+
+def detect_env(environ: dict | None = None) -> DistEnv:
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return DistEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)), "torchrun")
+    # A job step launched by srun has SLURM_STEP_NUM_TASKS; the batch shell itself is one process.
+    if "SLURM_PROCID" in env and "SLURM_STEP_NUM_TASKS" in env:
+        world = int(env["SLURM_STEP_NUM_TASKS"])
+        return DistEnv(int(env["SLURM_PROCID"]), world, int(env.get("SLURM_LOCALID", 0)), "slurm")
+    return DistEnv()
+
+
+def init_distributed(denv: DistEnv, device: torch.device, timeout_s: float = 1800.0) -> None:
+    """Join the process group: NCCL on GPUs, gloo on CPU."""
+    if not denv.distributed or dist.is_initialized():
+        return
+    if denv.launcher == "slurm":
+        os.environ.setdefault("MASTER_ADDR", first_slurm_host(os.environ["SLURM_JOB_NODELIST"]))
+        os.environ.setdefault("MASTER_PORT", str(slurm_master_port(os.environ.get("SLURM_JOB_ID", "0"))))
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    kwargs = {"device_id": device} if device.type == "cuda" else {}
+    dist.init_process_group(backend, rank=denv.rank, world_size=denv.world_size,
+                            timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+
+
+def select_device(choice: str, denv: DistEnv) -> torch.device:
+    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("train.device is cuda but no CUDA device is visible")
+    torch.cuda.set_device(denv.local_rank % torch.cuda.device_count())
+    return torch.device("cuda", denv.local_rank % torch.cuda.device_count())
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

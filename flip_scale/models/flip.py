@@ -1,0 +1,78 @@
+"""The FLIP model: two towers, bias-free projections, a learnable clamped temperature."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .sizes import ModelSize, get_size
+from .towers import LOGIT_SCALE_INIT, LOGIT_SCALE_MAX, TextTower, VisionTower, init_weights
+
+
+class FlipModel(nn.Module):
+    """CLIP with FLIP's image masking.
+
+    `forward(images, tokens)` masks `mask_ratio` of the patches while training and uses the
+    full image in eval mode (or when `mask_ratio=0.0` is passed). The embeddings returned are
+    L2-normalised; the logit scale comes back already clamped and exponentiated.
+    """
+
+    def __init__(self, size: ModelSize, mask_ratio: float = 0.0, image_pool: str = "mean_all"):
+        super().__init__()
+        if not 0.0 <= mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        self.size = size
+        self.mask_ratio = mask_ratio
+        self.visual = VisionTower(size.image_size, size.patch_size, size.vision_width, size.vision_layers,
+                                  size.vision_heads, size.embed_dim, size.mlp_ratio, image_pool)
+        self.text = TextTower(size.vocab_size, size.text_length, size.text_width, size.text_layers,
+                              size.text_heads, size.embed_dim, size.mlp_ratio)
+        # Shape [1], not 0-d: FSDP2 shards parameters along dim 0, which a scalar lacks
+        # (open_clip reshapes it before fully_shard for the same reason).
+        self.logit_scale = nn.Parameter(torch.full((1,), LOGIT_SCALE_INIT))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        init_weights(self)
+        with torch.no_grad():
+            self.logit_scale.fill_(LOGIT_SCALE_INIT)
+
+    def transformer_blocks(self) -> list[nn.Module]:
+        """Every transformer block of both towers: the unit of checkpointing, compile and sharding."""
+        return list(self.visual.blocks) + list(self.text.blocks)
+
+    def encode_image(self, images: torch.Tensor, mask_ratio: float | None = None,
+                     noise: torch.Tensor | None = None, normalize: bool = True) -> torch.Tensor:
+        ratio = 0.0 if mask_ratio is None else mask_ratio
+        x = self.visual(images, ratio, noise)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        x = self.text(tokens)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def clamp_logit_scale(self) -> None:
+        """FLIP clips the temperature to [0, ln 100]; call after every optimizer step."""
+        with torch.no_grad():
+            self.logit_scale.clamp_(0.0, LOGIT_SCALE_MAX)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, noise: torch.Tensor | None = None,
+                mask_ratio: float | None = None):
+        if mask_ratio is None:
+            mask_ratio = self.mask_ratio if self.training else 0.0
+        image_features = self.encode_image(images, mask_ratio, noise)
+        text_features = self.encode_text(tokens)
+        return image_features, text_features, self.logit_scale.clamp(0.0, LOGIT_SCALE_MAX).exp()
+
+
+def create_model(name: str = "tiny", mask_ratio: float = 0.0, image_pool: str = "mean_all",
+                 **size_overrides) -> FlipModel:
+    """Build a randomly initialised FLIP model by size name (tiny, vit_b16, vit_l16, vit_l14, vit_h14).
+
+    Any ModelSize field can be overridden, e.g. `image_size=64`, `vocab_size=1000`.
+    """
+    return FlipModel(get_size(name, **size_overrides), mask_ratio=mask_ratio, image_pool=image_pool)
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,40 @@
+"""Builders shared by training, evaluation and checkpoint loading."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ..config import Config
+from ..models import FlipModel, create_model
+
+
+def build_model_from_config(cfg: Config, tokenizer_vocab_size: int | None = None) -> FlipModel:
+    """The recipe's model at data.image_size; the vocabulary must hold every token id."""
+    overrides = {"image_size": cfg.data.image_size, "text_length": cfg.model.text_length}
+    if cfg.model.vocab_size is not None:
+        overrides["vocab_size"] = cfg.model.vocab_size
+    model = create_model(cfg.model.name, mask_ratio=cfg.model.mask_ratio, image_pool=cfg.model.image_pool, **overrides)
+    if tokenizer_vocab_size is not None and tokenizer_vocab_size > model.size.vocab_size:
+        raise ValueError(f"model.vocab_size: the tokenizer has {tokenizer_vocab_size} tokens but the model's "
+                         f"vocabulary holds {model.size.vocab_size}; set model.vocab_size")
+    return model
+
+
+def tokenizer_spec_for_run(cfg: Config, run_dir: str | Path) -> str:
+    """The run directory keeps its own copy of the tokenizer so a run is self-contained."""
+    spec = cfg.data.tokenizer
+    if spec == "builtin":
+        return spec
+    for name in ("tokenizer.json", "vocab.txt"):
+        if (Path(run_dir) / name).is_file() and Path(spec).name.endswith(Path(name).suffix):
+            return str(Path(run_dir) / name)
+    return spec
+
+
+def snapshot_tokenizer(cfg: Config, run_dir: str | Path) -> None:
+    spec = cfg.data.tokenizer
+    if spec == "builtin" or not Path(spec).is_file():
+        return
+    dst = Path(run_dir) / ("vocab.txt" if spec.endswith(".txt") else "tokenizer.json")
+    if not dst.exists():
+        shutil.copyfile(spec, dst)

@@ -1,0 +1,210 @@
+"""The training loop. It names no backend: wrapping, precision, backward, step and checkpoint
+I/O all go through `Backend` (flip_scale/distributed/backends)."""
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .. import checkpoint as ckpt_lib
+from ..config import Config, validate, write_config
+from ..data.loader import build_train_loader
+from ..data.tokenizer import load_tokenizer
+from ..distributed.backends import get_backend_class
+from ..distributed.env import DistEnv, cleanup, detect_env, init_distributed, select_device
+from ..loss import clip_loss
+from ..metrics import MetricsWriter, device_peak_flops, max_memory_gb
+from ..models import masking_noise, train_flops_per_sample
+from .build import build_model_from_config, snapshot_tokenizer, tokenizer_spec_for_run
+from .optim import lr_at
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Trainer:
+    def __init__(self, cfg: Config, denv: DistEnv | None = None, log=None):
+        self.cfg = cfg
+        self.denv = denv or detect_env()
+        validate(cfg, self.denv.world_size)
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.run_dir = Path(cfg.train.out_dir)
+        self.ckpt_root = self.run_dir / "checkpoints"
+
+    def _say(self, msg: str) -> None:
+        if self.denv.is_main:
+            self.log(msg)
+
+    def setup(self) -> None:
+        cfg, denv = self.cfg, self.denv
+        self.device = select_device(cfg.train.device, denv)
+        init_distributed(denv, self.device)
+        if self.device.type == "cuda":
+            # TF32 matmuls on Ampere+ (FLIP trained in fp32 on TPUs; TF32 keeps fp32 range).
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(cfg.train.seed)  # identical init on every rank
+        if denv.is_main:
+            write_config(cfg, self.run_dir)
+            snapshot_tokenizer(cfg, self.run_dir)
+        self.tokenizer = load_tokenizer(tokenizer_spec_for_run(cfg, self.run_dir) if denv.is_main else cfg.data.tokenizer,
+                                        cfg.model.text_length)
+        model = build_model_from_config(cfg, self.tokenizer.vocab_size)
+        self.num_patches = model.visual.num_patches
+        self.backend = get_backend_class(cfg.parallel.backend)(cfg, denv, self.device)
+        self.backend.parallelize(model)
+        self.loader = build_train_loader(cfg.data, text_length=cfg.model.text_length,
+                                         global_batch_size=cfg.train.global_batch_size, seed=cfg.train.seed,
+                                         rank=denv.rank, world_size=denv.world_size)
+        self.step, self.samples_seen = 0, 0
+        latest = ckpt_lib.find_latest(self.ckpt_root, log=self._say)
+        if latest is not None:
+            self._resume(latest)
+        elif cfg.train.init_from:
+            src = ckpt_lib.resolve_checkpoint(cfg.train.init_from)
+            self._say(f"initialising weights from {src} (fresh optimizer and schedule)")
+            self.backend.load_model_weights(ckpt_lib.read_full_weights(src))
+        self.metrics = MetricsWriter(self.run_dir, enabled=denv.is_main)
+        self.peak_flops = device_peak_flops(self.device, cfg.parallel.precision)
+        self.model_flops = train_flops_per_sample(self.backend.model.size, cfg.model.mask_ratio, cfg.model.text_length)
+
+    def _resume(self, ckpt: Path) -> None:
+        meta = ckpt_lib.read_meta(ckpt)
+        self.backend.load(ckpt)
+        self.step, self.samples_seen = int(meta["step"]), int(meta["samples_seen"])
+        state = ckpt_lib.load_rank_state(ckpt, self.denv.rank)
+        if state is not None and meta.get("world_size") == self.denv.world_size:
+            self.loader.load_state_dict(state["loader"])
+            _set_rng_state(state["rng"])
+        else:
+            # A different world size: data restarts from the global sample position.
+            self.loader.load_state_dict({"samples_seen": self.samples_seen, "step": self.step})
+        self._say(f"resumed from {ckpt} at step {self.step} ({self.samples_seen} samples seen)")
+
+    def save(self) -> Path:
+        meta = {"samples_seen": self.samples_seen, "world_size": self.denv.world_size,
+                "backend": self.cfg.parallel.backend, "global_batch_size": self.cfg.train.global_batch_size}
+        rank_state = {"loader": self.loader.state_dict(), "rng": _rng_state()}
+        return ckpt_lib.save_checkpoint(self.ckpt_root, self.step, self.backend, rank_state, meta,
+                                        self.cfg.checkpoint.keep)
+
+    def _reduce_mean(self, value: torch.Tensor) -> float:
+        value = value.detach().float().clone()
+        if dist.is_initialized():
+            dist.all_reduce(value)
+            value /= dist.get_world_size()
+        return float(value)
+
+    def train(self) -> dict:
+        cfg, t = self.cfg, self.cfg.train
+        total_steps = cfg.total_steps
+        G = t.global_batch_size
+        peak_lr = cfg.peak_lr
+        model = self.backend.module
+        model.train()
+        start_wall = time.time()
+        start_step = self.step
+        window_start, data_time = time.time(), 0.0
+        loss_sum = torch.zeros((), device=self.device)
+        loss_count = 0
+        last_loss = float("nan")
+        first_logged_loss = None
+        it = iter(self.loader)
+        self._say(f"training {cfg.model.name} ({cfg.parallel.backend}, {self.denv.world_size} process(es), "
+                  f"{self.device.type}) for {total_steps} steps of {G} samples, mask {cfg.model.mask_ratio}")
+        while self.step < total_steps:
+            t_data = time.time()
+            batch = next(it)
+            data_time += time.time() - t_data
+            images = batch["images"].to(self.device, non_blocking=True)
+            tokens = batch["tokens"].to(self.device, non_blocking=True)
+            noise = None
+            if cfg.model.mask_ratio > 0:
+                # Masks depend on (seed, global sample index) only: same masks at any world size.
+                noise = masking_noise(t.seed, batch["index"], self.num_patches).to(self.device)
+            with self.backend.autocast():
+                image_features, text_features, logit_scale = model(images, tokens, noise)
+            loss = clip_loss(image_features, text_features, logit_scale)
+            self.backend.backward(loss)
+            lr = lr_at(self.samples_seen, peak_lr, t.warmup_samples, t.samples)
+            grad_norm = self.backend.step(lr)
+            self.backend.clamp_logit_scale()
+            self.step += 1
+            self.samples_seen += G
+            loss_sum += loss.detach()
+            loss_count += 1
+            last_step = self.step == total_steps
+            if self.step % t.log_every_steps == 0 or last_step:
+                elapsed = max(time.time() - window_start, 1e-9)
+                mean_loss = self._reduce_mean(loss_sum / loss_count)
+                last_loss = mean_loss
+                first_logged_loss = mean_loss if first_logged_loss is None else first_logged_loss
+                sps = loss_count * G / elapsed
+                record = {
+                    "step": self.step, "samples_seen": self.samples_seen, "loss": mean_loss, "lr": lr,
+                    "logit_scale": float(self.backend.model.logit_scale.detach().float().exp().max()),
+                    "grad_norm": float(grad_norm), "samples_per_sec": sps,
+                    "samples_per_sec_per_device": sps / self.denv.world_size,
+                    "data_wait_frac": min(data_time / elapsed, 1.0), "max_memory_gb": max_memory_gb(self.device),
+                }
+                if self.peak_flops:
+                    record["mfu"] = self.model_flops * sps / (self.peak_flops * self.denv.world_size)
+                for key, value in getattr(self.loader, "counters", lambda: {})().items():
+                    record[f"skipped/{key}"] = value
+                self.metrics.log(record)
+                done = self.step - start_step
+                eta = (time.time() - start_wall) / max(done, 1) * (total_steps - self.step)
+                self._say(f"step {self.step}/{total_steps}  samples {self.samples_seen}/{t.samples}  "
+                          f"loss {mean_loss:.4f}  lr {lr:.2e}  {sps:.1f} samples/s  ETA {_fmt_time(eta)}")
+                if not math.isfinite(mean_loss):
+                    self._say("warning: non-finite loss")
+                loss_sum.zero_()
+                loss_count, data_time, window_start = 0, 0.0, time.time()
+            every = cfg.checkpoint.every_steps
+            if (every and self.step % every == 0) or last_step:
+                self.save()
+        wall = time.time() - start_wall
+        summary = {
+            "samples_seen": self.samples_seen, "steps": self.step, "wall_time_s": wall,
+            "samples_per_sec": (self.step - start_step) * G / max(wall, 1e-9), "final_loss": last_loss,
+            "first_logged_loss": first_logged_loss, "world_size": self.denv.world_size,
+            "backend": cfg.parallel.backend, "model": cfg.model.name, "mask_ratio": cfg.model.mask_ratio,
+            "global_batch_size": G, "evals": {},
+        }
+        if self.denv.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        self.metrics.close()
+        return summary
+
+
+def run_training(cfg: Config) -> dict:
+    trainer = Trainer(cfg)
+    try:
+        trainer.setup()
+        return trainer.train()
+    finally:
+        cleanup()

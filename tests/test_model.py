@@ -1,0 +1,144 @@
+import math
+
+import pytest
+import torch
+
+import flip_scale
+from flip_scale.models import (PAPER_PARAMS_M, PAPER_VOCAB_SIZE, count_params, create_model, flops_per_sample,
+                               masking_noise, num_kept, random_masking)
+
+
+def encoder_params(tower) -> int:
+    """Tower size as the paper's table counts it: the encoder, without the projection head."""
+    return count_params(tower) - tower.proj.weight.numel()
+
+
+@pytest.mark.parametrize("name", ["vit_b16", "vit_l16", "vit_h14"])
+def test_tower_parameter_counts_match_the_paper(name):
+    with torch.device("meta"):  # shapes only: no memory for H/14's 967M parameters
+        m = flip_scale.create_model(name)
+    image_m, text_m = PAPER_PARAMS_M[name]
+    assert m.size.vocab_size == PAPER_VOCAB_SIZE
+    assert encoder_params(m.visual) / 1e6 == pytest.approx(image_m, rel=0.01)
+    assert encoder_params(m.text) / 1e6 == pytest.approx(text_m, rel=0.01)
+    assert count_params(m) / 1e6 == pytest.approx(image_m + text_m, rel=0.02)
+
+
+def test_vit_l14_shares_l16_shapes_but_patch_14():
+    with torch.device("meta"):
+        m = create_model("vit_l14")
+    assert m.visual.num_patches == 256 and m.size.vision_width == 1024
+
+
+def test_architecture_choices():
+    m = create_model("tiny")
+    assert not m.visual.pos_embed.requires_grad and "pos_embed" in dict(m.visual.named_buffers())
+    assert m.visual.proj.bias is None and m.text.proj.bias is None
+    assert m.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
+    assert all(blk.attn.fused_attn for blk in m.transformer_blocks())  # timm -> F.scaled_dot_product_attention
+    # sin-cos embedding is fixed: same for two independently built models
+    assert torch.equal(m.visual.pos_embed, create_model("tiny").visual.pos_embed)
+
+
+def test_logit_scale_is_clamped_at_ln100():
+    m = create_model("tiny")
+    with torch.no_grad():
+        m.logit_scale.fill_(10.0)
+    _, _, scale = m(torch.randn(2, 3, 32, 32), torch.zeros(2, 16, dtype=torch.long))
+    assert scale.item() == pytest.approx(100.0)
+    m.clamp_logit_scale()
+    assert m.logit_scale.item() == pytest.approx(math.log(100))
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.75, 0.9])
+def test_masking_keeps_exactly_int_n_times_one_minus_ratio(ratio):
+    x = torch.arange(196).float().view(1, 196, 1).repeat(8, 1, 4)
+    kept, ids = random_masking(x, ratio)
+    assert kept.shape == (8, int(196 * (1 - ratio)), 4) == (8, num_kept(196, ratio), 4)
+    for row in ids:
+        assert len(set(row.tolist())) == len(row)  # unique per sample
+    assert len({tuple(r.tolist()) for r in ids}) == 8  # samples get different masks
+    assert torch.equal(kept[..., 0].long(), ids)  # gathered the tokens it says it kept
+
+
+def test_masking_noise_depends_on_sample_index_only():
+    a = masking_noise(3, torch.tensor([5, 6, 7]), 16)
+    b = masking_noise(3, torch.tensor([7, 100, 5]), 16)
+    assert torch.equal(a[0], b[2]) and torch.equal(a[2], b[0])
+    assert not torch.equal(a[0], a[1])
+
+
+def test_encoder_runs_only_on_kept_tokens_and_eval_uses_all():
+    m = create_model("tiny", mask_ratio=0.75)
+    seen = []
+    m.visual.blocks[0].register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[1]))
+    imgs, toks = torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4, 16))
+    m.train()
+    m(imgs, toks)
+    m.eval()
+    m(imgs, toks)
+    m.encode_image(imgs)
+    n = m.visual.num_patches
+    assert seen == [num_kept(n, 0.75) + 1, n + 1, n + 1]
+
+
+def test_eval_embeddings_are_deterministic_and_normalised():
+    m = create_model("tiny", mask_ratio=0.5).eval()
+    imgs = torch.randn(3, 3, 32, 32)
+    a, b = m.encode_image(imgs), m.encode_image(imgs)
+    assert torch.equal(a, b)
+    assert torch.allclose(a.norm(dim=-1), torch.ones(3), atol=1e-5)
+    t = m.encode_text(torch.randint(0, 100, (3, 16)))
+    assert torch.allclose(t.norm(dim=-1), torch.ones(3), atol=1e-5)
+
+
+def test_text_feature_is_first_token_and_attends_to_padding():
+    m = create_model("tiny").eval()
+    toks = torch.randint(5, 100, (1, 16))
+    toks[0, 8:] = 0
+    other = toks.clone()
+    other[0, 12] = 7  # change a padding position: no padding mask, so the feature changes
+    assert not torch.allclose(m.encode_text(toks), m.encode_text(other))
+
+
+@pytest.mark.parametrize("pool", ["mean_all", "mean_patches", "cls"])
+def test_image_pool_options(pool):
+    m = create_model("tiny", image_pool=pool).eval()
+    assert m.encode_image(torch.randn(2, 3, 32, 32)).shape == (2, m.size.embed_dim)
+
+
+# FLIP_FACTS.md "Compute per sample": image GFLOPs at mask 0/50/75, text GFLOPs, total ratios.
+PAPER_FLOPS = {
+    "vit_b16": ((35.1, 17.4, 8.8), 2.4, (1.00, 0.53, 0.30)),
+    "vit_l16": ((123.1, 61.1, 30.8), 5.5, (1.00, 0.52, 0.28)),
+    "vit_l14": ((162.0, 79.9, 40.0), 5.5, (1.00, 0.51, 0.27)),
+    "vit_h14": ((334.6, 165.4, 82.9), 19.4, (1.00, 0.52, 0.29)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_FLOPS))
+def test_flops_reproduce_the_paper_table(name):
+    images, text, ratios = PAPER_FLOPS[name]
+    base = flops_per_sample(name, 0.0)["total"]
+    for ratio, img_g, total_ratio in zip((0.0, 0.5, 0.75), images, ratios):
+        f = flops_per_sample(name, ratio)
+        assert round(f["image"] / 1e9, 1) == img_g
+        assert round(f["text"] / 1e9, 1) == text
+        assert round(f["total"] / base, 2) == total_ratio
+
+
+def test_flops_counter_agrees_with_torch_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m = create_model("tiny", mask_ratio=0.5).train()
+    for blk in m.transformer_blocks():
+        blk.attn.fused_attn = False  # the CPU SDPA kernel has no FLOP formula; count explicit matmuls
+    for ratio in (0.0, 0.5):
+        with FlopCounterMode(display=False) as fc:
+            m.encode_image(torch.randn(1, 3, 32, 32), mask_ratio=ratio)
+        ours = flops_per_sample(m.size, ratio)["image"]
+        assert fc.get_total_flops() == pytest.approx(ours, rel=0.02)
+
+
+def test_text_flops_scale_with_length():
+    assert flops_per_sample("vit_l16", 0.0, text_length=16)["text"] < flops_per_sample("vit_l16", 0.0)["text"]

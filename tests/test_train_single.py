@@ -1,0 +1,60 @@
+"""End to end on one process: the tiny recipe through the real CLI, then loading the run back."""
+import json
+import subprocess
+
+import pytest
+import torch
+
+import flip_scale
+from flip_scale.config import load_recipe
+from flip_scale.train.trainer import run_training
+
+from conftest import ROOT, TINY, cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_cli_train_writes_the_run_directory_and_loss_falls(tmp_path):
+    out = tmp_path / "run"
+    r = subprocess.run(cli("train", TINY, f"train.out_dir={out}", "train.samples=3840", "checkpoint.every_steps=30"),
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "step 60/60" in r.stderr and "ETA" in r.stderr
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [rec["step"] for rec in records] == list(range(10, 61, 10))
+    for key in ("step", "samples_seen", "loss", "lr", "logit_scale", "samples_per_sec", "data_wait_frac",
+                "max_memory_gb", "grad_norm"):
+        assert key in records[0], key
+    assert records[-1]["samples_seen"] == 3840
+    assert records[-1]["loss"] < records[0]["loss"] - 0.3  # it learns
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["samples_seen"] == 3840 and summary["final_loss"] == pytest.approx(records[-1]["loss"])
+    saved = load_recipe(out / "config.yaml")
+    assert saved.train.samples == 3840
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000060"
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+
+    model, tokenizer, transform = flip_scale.load_checkpoint(out)
+    assert not model.training
+    emb = model.encode_text(tokenizer(["a large red circle"]))
+    assert emb.shape == (1, model.size.embed_dim)
+
+
+def test_seeded_runs_are_reproducible(tmp_path):
+    losses = []
+    for name in ("a", "b"):
+        cfg = load_recipe(TINY, [f"train.out_dir={tmp_path / name}", "train.samples=640", "train.log_every_steps=1",
+                                 "checkpoint.every_steps=0"])
+        run_training(cfg)
+        losses.append([json.loads(line)["loss"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()])
+    assert losses[0] == losses[1] and len(losses[0]) == 10
+
+
+def test_rerun_resumes_from_the_checkpoint_instead_of_restarting(tmp_path):
+    base = [f"train.out_dir={tmp_path}", "checkpoint.every_steps=5", "train.log_every_steps=5"]
+    run_training(load_recipe(TINY, base + ["train.samples=640"]))
+    summary = run_training(load_recipe(TINY, base + ["train.samples=1280"]))
+    assert summary["steps"] == 20 and summary["samples_seen"] == 1280
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [5, 10, 15, 20]
+    assert torch.load(tmp_path / "checkpoints" / "step_00000020" / "train_state_rank0.pt", weights_only=False)
