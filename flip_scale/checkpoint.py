@@ -74,8 +74,11 @@ def find_latest(ckpt_root: Path, log=print) -> Path | None:
     return None
 
 
-def save_checkpoint(ckpt_root: Path, step: int, backend, rank_state: dict, meta: dict, keep: int) -> Path:
-    """Collective: every rank calls it. rank_state is this rank's train state (data position, RNG)."""
+def save_checkpoint(ckpt_root: Path, step: int, backend, rank_state: dict, meta: dict, keep: int,
+                    test_delay_s: float = 0.0) -> Path:
+    """Collective: every rank calls it. rank_state is this rank's train state (data position, RNG).
+
+    test_delay_s pauses between writing the files and publishing them (fault-injection tests)."""
     ckpt_root = Path(ckpt_root)
     final = ckpt_root / step_name(step)
     tmp = ckpt_root / f".tmp_{step_name(step)}"
@@ -87,6 +90,10 @@ def save_checkpoint(ckpt_root: Path, step: int, backend, rank_state: dict, meta:
     barrier()
     backend.save(tmp)
     torch.save(rank_state, tmp / f"train_state_rank{_rank()}.pt")
+    if test_delay_s:
+        import time
+
+        time.sleep(test_delay_s)
     barrier()
     if _rank() == 0:
         _fsync_write(tmp / META, json.dumps({**meta, "step": step}, indent=1))

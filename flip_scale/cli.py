@@ -21,13 +21,20 @@ def cmd_train(args) -> int:
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0
+    from .train.preemption import PREEMPTED_EXIT_CODE, Preempted
     from .train.trainer import run_training
 
     try:
         run_training(cfg)
+    except Preempted:
+        return PREEMPTED_EXIT_CODE
     except (ConfigError, ValueError, FileNotFoundError) as e:
         # Bad input found while building (tokenizer, shards, init_from): one line, non-zero.
         return _error(str(e).splitlines()[0] if str(e) else repr(e))
+    except RuntimeError as e:
+        if "a collective failed" in str(e):
+            return _error(str(e).splitlines()[0])
+        raise
     return 0
 
 

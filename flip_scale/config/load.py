@@ -221,6 +221,8 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
         fail("parallel.precision", f"must be fp32 or bf16, got {p.precision!r}")
     if p.backend == "single" and world_size is not None and world_size > 1:
         fail("parallel.backend", f"is single but {world_size} processes were launched; use ddp, fsdp or deepspeed")
+    if p.init_timeout_s <= 0 or p.timeout_s <= 0:
+        fail("parallel.timeout_s", f"timeouts must be positive, got {p.init_timeout_s}, {p.timeout_s}")
     if e.every_steps < 0:
         fail("eval.every_steps", f"must be >= 0, got {e.every_steps}")
     if e.zeroshot is not None and not os.path.isdir(e.zeroshot):

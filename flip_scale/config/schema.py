@@ -77,6 +77,8 @@ class ParallelConfig:
     activation_checkpointing: bool = doc(False, "recompute each transformer block in backward")
     compile: bool = doc(False, "torch.compile each transformer block")
     precision: str = doc("fp32", "fp32 | bf16 (bf16 autocast / bf16 params with fp32 reduction)")
+    init_timeout_s: float = doc(1800.0, "collective timeout while starting (first steps include compile and loading)")
+    timeout_s: float = doc(600.0, "collective timeout after the first steps: a dead or hung peer ends the job")
 
 
 @dataclass

@@ -88,8 +88,17 @@ class Backend:
         self.optimizer.zero_grad(set_to_none=True)
         return norm
 
+    def zero_grad(self) -> None:
+        """Drop gradients without stepping (a skipped, non-finite step)."""
+        self.optimizer.zero_grad(set_to_none=True)
+
     def clamp_logit_scale(self) -> None:
         self.model.clamp_logit_scale()
+
+    def logit_scale(self) -> float:
+        """exp(logit scale) for logging. Collective where the parameter is sharded (FSDP, ZeRO-3),
+        so every rank calls it on log steps."""
+        return float(self.model.logit_scale.detach().float().exp().max())
 
     # -- checkpoints ------------------------------------------------------------------------
     def save(self, ckpt_dir: Path) -> None:
