@@ -44,12 +44,6 @@ def cmd_demo(args) -> int:
     return run_demo(args.output, steps=args.steps)
 
 
-def cmd_prep(args, rest: list[str]) -> int:
-    from .data.prep_cli import main_prep
-
-    return main_prep(rest)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flip-scale", description="Train FLIP (CLIP with image masking) at scale.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -65,15 +59,29 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=300, help="optimizer steps")
     d.set_defaults(func=cmd_demo)
 
-    sub.add_parser("prep", help="data preparation: download | tokenizer | synthetic (see `flip-scale prep -h`)",
-                   add_help=False)
+    for name, (_, _, text) in DELEGATED.items():
+        sub.add_parser(name, help=f"{text} (see `flip-scale {name} -h`)", add_help=False)
     return p
+
+
+# Subcommands that parse their own arguments: name -> (module, function, one-line help).
+DELEGATED = {
+    "prep": ("flip_scale.data.prep_cli", "main_prep", "data preparation: download | tokenizer | synthetic"),
+    "eval": ("flip_scale.eval.cli", "main_eval", "zero-shot classification / retrieval of a run or checkpoint"),
+    "report": ("flip_scale.report.cli", "main_report", "scaling-curve report (plots, tables, index.html) from runs"),
+    "plan": ("flip_scale.plan", "main_plan", "compute / memory / wall-clock plan of a recipe on a cluster"),
+    "export": ("flip_scale.export", "main_export", "export a run to OpenCLIP format"),
+    "launch": ("flip_scale.launch", "main_launch", "submit a recipe (or a study) to Slurm with a template"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "prep":
-        return cmd_prep(None, argv[1:])
+    if argv and argv[0] in DELEGATED:
+        import importlib
+
+        module, func, _ = DELEGATED[argv[0]]
+        return getattr(importlib.import_module(module), func)(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     return args.func(args)
