@@ -194,6 +194,12 @@ def download(cfg: DownloadConfig, quiet: bool = False) -> dict:
     extra = cfg.save_additional_columns
     if extra is None:
         extra = [c for c in EXTRA_COLUMNS if c in columns]
+    else:
+        # The scripts name LAION-2B's joined columns; plain parts lack them. Keep going.
+        missing = [c for c in extra if c not in columns]
+        if missing:
+            print(f"note: input has no column(s) {missing}; not saving them", flush=True)
+        extra = [c for c in extra if c in columns]
     # img2dataset treats every top-level *.json as a finished shard's stats (int(name)), so
     # our manifest must be out of its way while it runs.
     manifest_path = os.path.join(cfg.output, MANIFEST)

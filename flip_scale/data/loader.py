@@ -285,7 +285,7 @@ class TrainLoader:
     """
 
     def __init__(self, data_cfg, *, text_length: int, global_batch_size: int, seed: int,
-                 rank: int, world_size: int):
+                 rank: int, world_size: int, tokenizer: TextTokenizer | None = None):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad rank/world_size {rank}/{world_size}")
         if global_batch_size % world_size:
@@ -298,7 +298,8 @@ class TrainLoader:
         self.workers = int(_cfg(data_cfg, "workers"))
         self.prefetch_factor = int(_cfg(data_cfg, "prefetch_factor"))
         self.pin_memory = bool(_cfg(data_cfg, "pin_memory"))
-        self.tokenizer = load_tokenizer(str(_cfg(data_cfg, "tokenizer")), text_length)
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(
+            str(_cfg(data_cfg, "tokenizer")), text_length)
         spec = str(_cfg(data_cfg, "train_shards"))
         self.synthetic = spec == "synthetic"
         self._counter_base: Counter = Counter()
@@ -419,7 +420,12 @@ class TrainLoader:
 
 
 def build_train_loader(data_cfg, *, text_length: int, global_batch_size: int, seed: int,
-                       rank: int, world_size: int) -> TrainLoader:
-    """Build this rank's training loader (see TrainLoader); raises ValueError on bad input."""
+                       rank: int, world_size: int, tokenizer: TextTokenizer | None = None
+                       ) -> TrainLoader:
+    """Build this rank's training loader (see TrainLoader); raises ValueError on bad input.
+
+    `tokenizer` (optional) reuses an already loaded TextTokenizer (e.g. the run directory's
+    snapshot) instead of loading data_cfg.tokenizer again.
+    """
     return TrainLoader(data_cfg, text_length=text_length, global_batch_size=global_batch_size,
-                       seed=seed, rank=rank, world_size=world_size)
+                       seed=seed, rank=rank, world_size=world_size, tokenizer=tokenizer)

@@ -18,6 +18,8 @@ from PIL import Image
 # ImageNet statistics, as FLIP's release and OpenCLIP's ViT-B/L(LAION) configs normalise.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+_MEAN_255 = np.array(MEAN, dtype=np.float32) * 255.0
+_INV_STD_255 = 1.0 / (np.array(STD, dtype=np.float32) * 255.0)
 TRAIN_SCALE = (0.5, 1.0)          # FLIP Table 10: RandomResizedCrop area (0.5, 1)
 TRAIN_RATIO = (3 / 4, 4 / 3)
 
@@ -32,11 +34,11 @@ def sample_generator(seed: int, *key: int) -> torch.Generator:
 
 def to_normalized_tensor(img: Image.Image) -> torch.Tensor:
     """RGB PIL image -> float32 [3,H,W], ImageNet-normalised."""
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    t = torch.from_numpy(arr).permute(2, 0, 1)
-    mean = torch.tensor(MEAN).view(3, 1, 1)
-    std = torch.tensor(STD).view(3, 1, 1)
-    return (t - mean) / std
+    # numpy on the HWC array, one contiguous CHW copy at the end: ~10x faster than the same
+    # arithmetic on a permuted torch view, and it spawns no intra-op threads in workers.
+    arr = np.asarray(img, dtype=np.float32)
+    arr = (arr - _MEAN_255) * _INV_STD_255
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
 def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
