@@ -142,3 +142,44 @@ def test_flops_counter_agrees_with_torch_flop_counter():
 
 def test_text_flops_scale_with_length():
     assert flops_per_sample("vit_l16", 0.0, text_length=16)["text"] < flops_per_sample("vit_l16", 0.0)["text"]
+
+
+def test_text_masking_keeps_first_token_and_drops_padding_first():
+    m = create_model("tiny", text_mask_ratio=0.5, text_mask="padding_first").train()
+    seen = []
+    m.text.blocks[0].register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
+    toks = torch.zeros(2, 16, dtype=torch.long)
+    toks[:, :6] = torch.arange(10, 16)  # 6 real tokens, 10 padding
+    m.encode_text(toks)
+    x = seen[-1]
+    assert x.shape[1] == 8  # int(16 * 0.5)
+    emb = m.text.token_embed(toks) + m.text.pos_embed
+    # all 6 real tokens (cls first) are kept before any padding
+    for b in range(2):
+        assert torch.allclose(x[b, :6], emb[b, :6], atol=1e-6)
+    m.eval()
+    m.encode_text(toks)
+    assert seen[-1].shape[1] == 16  # eval sees the whole caption
+
+
+def test_random_text_masking_differs_from_padding_first():
+    m = create_model("tiny", text_mask_ratio=0.5, text_mask="random").train()
+    seen = []
+    m.text.blocks[0].register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
+    toks = torch.zeros(16, 16, dtype=torch.long)
+    toks[:, :6] = 5
+    m.encode_text(toks)
+    pad_row = (m.text.token_embed.weight[0] + m.text.pos_embed[0, 6:]).detach()
+    kept_padding = sum(int(any(torch.allclose(v, r, atol=1e-6) for r in pad_row)) for v in seen[-1].reshape(-1, seen[-1].shape[-1]))
+    assert kept_padding > 0  # random masking keeps some padding tokens
+
+
+def test_reconstruction_head_adds_a_trainable_pixel_loss():
+    m = create_model("tiny", mask_ratio=0.75, reconstruction_weight=1.0, decoder_width=32, decoder_layers=1,
+                     decoder_heads=2).train()
+    out = m(torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4, 16)))
+    assert len(out) == 4 and out[3].item() > 0.1
+    out[3].backward()
+    assert m.decoder.head.weight.grad is not None and m.visual.blocks[0].attn.qkv.weight.grad is not None
+    m.eval()
+    assert m(torch.randn(2, 3, 32, 32), torch.randint(0, 100, (2, 16)))[3].item() == 0.0

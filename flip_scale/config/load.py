@@ -174,6 +174,16 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
         fail("model.mask_ratio", f"must be in [0, 1), got {m.mask_ratio}")
     if m.image_pool not in ("mean_all", "mean_patches", "cls"):
         fail("model.image_pool", f"must be mean_all, mean_patches or cls, got {m.image_pool!r}")
+    if not 0.0 <= m.text_mask_ratio < 1.0:
+        fail("model.text_mask_ratio", f"must be in [0, 1), got {m.text_mask_ratio}")
+    if m.text_mask not in ("random", "padding_first"):
+        fail("model.text_mask", f"must be random or padding_first, got {m.text_mask!r}")
+    if m.reconstruction_weight < 0:
+        fail("model.reconstruction_weight", f"must be >= 0, got {m.reconstruction_weight}")
+    if m.reconstruction_weight > 0 and m.mask_ratio == 0:
+        fail("model.reconstruction_weight", "needs model.mask_ratio > 0 (it reconstructs the masked patches)")
+    if not 0.0 <= m.eval_mask_ratio < 1.0:
+        fail("model.eval_mask_ratio", f"must be in [0, 1), got {m.eval_mask_ratio}")
     if m.text_length < 1:
         fail("model.text_length", f"must be positive, got {m.text_length}")
     if m.vocab_size is not None and m.vocab_size < 8:

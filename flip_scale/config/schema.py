@@ -25,6 +25,13 @@ class ModelConfig:
     text_length: int = doc(32, "tokens per caption, [CLS] first, padded/cut (FLIP: 32)")
     image_pool: str = doc("mean_all", "mean_all (FLIP: all tokens incl. cls) | mean_patches | cls")
     vocab_size: Optional[int] = doc(None, "text vocabulary size; null = the size table's (30523 for paper models)")
+    text_mask_ratio: float = doc(0.0, "fraction of text tokens dropped in training (Table 1c ablation; FLIP: 0)")
+    text_mask: str = doc("random", "which text tokens go: random | padding_first (Table 1c)")
+    reconstruction_weight: float = doc(0.0, "weight of an MAE pixel-reconstruction loss (Table 1f ablation; 0 = off)")
+    decoder_width: int = doc(512, "reconstruction decoder width (MAE's default)")
+    decoder_layers: int = doc(8, "reconstruction decoder blocks (MAE's default)")
+    decoder_heads: int = doc(16, "reconstruction decoder attention heads")
+    eval_mask_ratio: float = doc(0.0, "mask ratio at inference (Table 1d ablation; FLIP: 0 = full image)")
 
 
 @dataclass

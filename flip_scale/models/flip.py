@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .sizes import ModelSize, get_size
-from .towers import LOGIT_SCALE_INIT, LOGIT_SCALE_MAX, TextTower, VisionTower, init_weights
+from .towers import LOGIT_SCALE_INIT, LOGIT_SCALE_MAX, PixelDecoder, TextTower, VisionTower, init_weights
 
 
 class FlipModel(nn.Module):
@@ -15,9 +15,14 @@ class FlipModel(nn.Module):
     `forward(images, tokens)` masks `mask_ratio` of the patches while training and uses the
     full image in eval mode (or when `mask_ratio=0.0` is passed). The embeddings returned are
     L2-normalised; the logit scale comes back already clamped and exponentiated.
+
+    With `reconstruction_weight > 0` (paper Table 1f's MAE-style ablation) a small pixel decoder
+    is added and forward returns a 4th value: the weighted reconstruction loss (training only).
     """
 
-    def __init__(self, size: ModelSize, mask_ratio: float = 0.0, image_pool: str = "mean_all"):
+    def __init__(self, size: ModelSize, mask_ratio: float = 0.0, image_pool: str = "mean_all",
+                 text_mask_ratio: float = 0.0, text_mask: str = "random", reconstruction_weight: float = 0.0,
+                 decoder_width: int = 512, decoder_layers: int = 8, decoder_heads: int = 16):
         super().__init__()
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
@@ -26,7 +31,12 @@ class FlipModel(nn.Module):
         self.visual = VisionTower(size.image_size, size.patch_size, size.vision_width, size.vision_layers,
                                   size.vision_heads, size.embed_dim, size.mlp_ratio, image_pool)
         self.text = TextTower(size.vocab_size, size.text_length, size.text_width, size.text_layers,
-                              size.text_heads, size.embed_dim, size.mlp_ratio)
+                              size.text_heads, size.embed_dim, size.mlp_ratio, text_mask_ratio, text_mask)
+        self.reconstruction_weight = reconstruction_weight
+        self.decoder = None
+        if reconstruction_weight > 0:
+            self.decoder = PixelDecoder(size.vision_width, decoder_width, decoder_layers, decoder_heads,
+                                        size.patch_size, self.visual.grid_size)
         # Shape [1], not 0-d: FSDP2 shards parameters along dim 0, which a scalar lacks
         # (open_clip reshapes it before fully_shard for the same reason).
         self.logit_scale = nn.Parameter(torch.full((1,), LOGIT_SCALE_INIT))
@@ -39,7 +49,13 @@ class FlipModel(nn.Module):
 
     def transformer_blocks(self) -> list[nn.Module]:
         """Every transformer block of both towers: the unit of checkpointing, compile and sharding."""
-        return list(self.visual.blocks) + list(self.text.blocks)
+        extra = list(self.decoder.blocks) if self.decoder is not None else []
+        return list(self.visual.blocks) + list(self.text.blocks) + extra
+
+    def block_lists(self) -> list[nn.ModuleList]:
+        """The ModuleLists holding those blocks (for wrappers that replace blocks in place)."""
+        lists = [self.visual.blocks, self.text.blocks]
+        return lists + ([self.decoder.blocks] if self.decoder is not None else [])
 
     def encode_image(self, images: torch.Tensor, mask_ratio: float | None = None,
                      noise: torch.Tensor | None = None, normalize: bool = True) -> torch.Tensor:
@@ -60,18 +76,32 @@ class FlipModel(nn.Module):
                 mask_ratio: float | None = None):
         if mask_ratio is None:
             mask_ratio = self.mask_ratio if self.training else 0.0
-        image_features = self.encode_image(images, mask_ratio, noise)
+        scale = self.logit_scale.clamp(0.0, LOGIT_SCALE_MAX).exp()
         text_features = self.encode_text(tokens)
-        return image_features, text_features, self.logit_scale.clamp(0.0, LOGIT_SCALE_MAX).exp()
+        if self.decoder is None:
+            return self.encode_image(images, mask_ratio, noise), text_features, scale
+        tokens_out, ids_keep = self.visual.forward_tokens(images, mask_ratio, noise)
+        image_features = F.normalize(self.visual.proj(self.visual.pool(tokens_out)), dim=-1)
+        if ids_keep is None or not self.training:
+            aux = scale.new_zeros(())
+        else:
+            aux = self.reconstruction_weight * self.decoder.loss(tokens_out, ids_keep, images)
+        return image_features, text_features, scale, aux
+
+
+MODEL_OPTIONS = ("text_mask_ratio", "text_mask", "reconstruction_weight", "decoder_width", "decoder_layers",
+                 "decoder_heads")
 
 
 def create_model(name: str = "tiny", mask_ratio: float = 0.0, image_pool: str = "mean_all",
-                 **size_overrides) -> FlipModel:
+                 **overrides) -> FlipModel:
     """Build a randomly initialised FLIP model by size name (tiny, vit_b16, vit_l16, vit_l14, vit_h14).
 
-    Any ModelSize field can be overridden, e.g. `image_size=64`, `vocab_size=1000`.
+    Any ModelSize field can be overridden, e.g. `image_size=64`, `vocab_size=1000`, and so can the
+    ablation options `text_mask_ratio`, `text_mask`, `reconstruction_weight`, `decoder_*`.
     """
-    return FlipModel(get_size(name, **size_overrides), mask_ratio=mask_ratio, image_pool=image_pool)
+    options = {k: overrides.pop(k) for k in list(overrides) if k in MODEL_OPTIONS}
+    return FlipModel(get_size(name, **overrides), mask_ratio=mask_ratio, image_pool=image_pool, **options)
 
 
 def count_params(module: nn.Module) -> int:

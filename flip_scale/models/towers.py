@@ -52,46 +52,114 @@ class VisionTower(nn.Module):
     def num_patches(self) -> int:
         return self.grid_size ** 2
 
-    def forward(self, images: torch.Tensor, mask_ratio: float = 0.0, noise: torch.Tensor | None = None):
+    def forward_tokens(self, images: torch.Tensor, mask_ratio: float = 0.0, noise: torch.Tensor | None = None):
+        """Normalised encoder tokens [B, 1 + K, D] (cls first) and the kept patch indices [B, K] (None = all)."""
         x = self.patch_embed(images) + self.pos_embed.to(images.dtype)
         # No LayerNorm before the blocks. Mask after the position embedding, before the cls
         # token, so the encoder only ever runs on kept tokens (where FLIP's saving comes from).
+        ids_keep = None
         if mask_ratio > 0:
-            x, _ = random_masking(x, mask_ratio, noise)
+            x, ids_keep = random_masking(x, mask_ratio, noise)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
         for block in self.blocks:
             x = block(x)
-        x = self.norm(x)
+        return self.norm(x), ids_keep
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.image_pool == "mean_all":  # FLIP: average of all tokens, cls included
-            x = x.mean(dim=1)
-        elif self.image_pool == "mean_patches":
-            x = x[:, 1:].mean(dim=1)
-        else:
-            x = x[:, 0]
-        return self.proj(x)
+            return x.mean(dim=1)
+        if self.image_pool == "mean_patches":
+            return x[:, 1:].mean(dim=1)
+        return x[:, 0]
+
+    def forward(self, images: torch.Tensor, mask_ratio: float = 0.0, noise: torch.Tensor | None = None):
+        x, _ = self.forward_tokens(images, mask_ratio, noise)
+        return self.proj(self.pool(x))
 
 
 class TextTower(nn.Module):
-    """Bidirectional transformer, learned positions, no padding mask, first-token feature."""
+    """Bidirectional transformer, learned positions, no padding mask, first-token feature.
+
+    Optional text masking (paper Table 1c, off by default; not in the authors' release): in
+    training keep int(L * (1 - ratio)) tokens, the first ([CLS], whose output is the feature)
+    always, the rest chosen at random (`random`) or dropping padding before real tokens
+    (`padding_first`). Like image masking, it happens after the position embedding.
+    """
 
     def __init__(self, vocab_size: int, text_length: int, width: int, layers: int, heads: int,
-                 embed_dim: int, mlp_ratio: float = 4.0):
+                 embed_dim: int, mlp_ratio: float = 4.0, mask_ratio: float = 0.0, mask_mode: str = "random",
+                 pad_id: int = 0):
         super().__init__()
+        if mask_mode not in ("random", "padding_first"):
+            raise ValueError(f"text mask mode must be random or padding_first, got {mask_mode!r}")
         self.text_length = text_length
+        self.mask_ratio, self.mask_mode, self.pad_id = mask_ratio, mask_mode, pad_id
         self.token_embed = nn.Embedding(vocab_size, width)
         self.pos_embed = nn.Parameter(torch.zeros(1, text_length, width))
         self.blocks = _blocks(layers, width, heads, mlp_ratio)
         self.norm = LayerNorm(width)
         self.proj = nn.Linear(width, embed_dim, bias=False)
 
+    def _mask(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        keep = max(int(L * (1.0 - self.mask_ratio)), 1)
+        noise = torch.rand(B, L - 1, device=x.device)
+        if self.mask_mode == "padding_first":
+            noise = noise + (tokens[:, 1:] == self.pad_id).float()  # real tokens sort before padding
+        ids = torch.argsort(noise, dim=1)[:, : keep - 1] + 1
+        ids = torch.cat([torch.zeros(B, 1, dtype=ids.dtype, device=ids.device), ids.sort(dim=1).values], dim=1)
+        return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, D))
+
     def forward(self, tokens: torch.Tensor):
         if tokens.shape[1] != self.text_length:
             raise ValueError(f"text has {tokens.shape[1]} tokens, the model expects {self.text_length}")
         x = self.token_embed(tokens) + self.pos_embed
+        if self.training and self.mask_ratio > 0:
+            x = self._mask(x, tokens)
         for block in self.blocks:
             x = block(x)  # no attention mask: FLIP attends to padding too
         x = self.norm(x)
         return self.proj(x[:, 0])
+
+
+class PixelDecoder(nn.Module):
+    """MAE-style decoder for the optional pixel-reconstruction loss (paper Table 1f; off by default).
+
+    Encoder tokens -> decoder width, mask tokens fill the dropped positions, fixed sin-cos
+    positions, a few blocks, a linear head to normalised patch pixels; MSE on masked patches.
+    """
+
+    def __init__(self, encoder_width: int, width: int, layers: int, heads: int, patch_size: int, grid_size: int):
+        super().__init__()
+        self.patch_size, self.grid_size = patch_size, grid_size
+        self.embed = nn.Linear(encoder_width, width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.register_buffer("pos_embed", sincos_2d(width, grid_size).unsqueeze(0), persistent=True)
+        self.blocks = _blocks(layers, width, heads, 4.0)
+        self.norm = LayerNorm(width)
+        self.head = nn.Linear(width, patch_size * patch_size * 3)
+
+    def patchify(self, images: torch.Tensor) -> torch.Tensor:
+        p, g = self.patch_size, self.grid_size
+        x = images.reshape(images.shape[0], 3, g, p, g, p)
+        return torch.einsum("nchpwq->nhwpqc", x).reshape(images.shape[0], g * g, p * p * 3)
+
+    def loss(self, tokens: torch.Tensor, ids_keep: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        B, N = images.shape[0], self.grid_size ** 2
+        x = self.embed(tokens[:, 1:])  # drop cls
+        full = self.mask_token.to(x.dtype).expand(B, N, -1).clone()
+        full.scatter_(1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x)
+        full = full + self.pos_embed.to(x.dtype)
+        for block in self.blocks:
+            full = block(full)
+        pred = self.head(self.norm(full)).float()
+        target = self.patchify(images.float())
+        # MAE's norm_pix_loss: per-patch normalised pixels.
+        target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+        masked = torch.ones(B, N, device=images.device)
+        masked.scatter_(1, ids_keep, 0.0)
+        per_patch = ((pred - target) ** 2).mean(-1)
+        return (per_patch * masked).sum() / masked.sum().clamp(min=1)
 
 
 def init_weights(module: nn.Module) -> None:
@@ -115,6 +183,8 @@ def init_weights(module: nn.Module) -> None:
             nn.init.normal_(m.cls_token, std=0.02)
         if isinstance(m, TextTower):
             nn.init.normal_(m.pos_embed, std=0.02)
+        if isinstance(m, PixelDecoder):
+            nn.init.normal_(m.mask_token, std=0.02)
 
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)

@@ -13,7 +13,11 @@ def build_model_from_config(cfg: Config, tokenizer_vocab_size: int | None = None
     overrides = {"image_size": cfg.data.image_size, "text_length": cfg.model.text_length}
     if cfg.model.vocab_size is not None:
         overrides["vocab_size"] = cfg.model.vocab_size
-    model = create_model(cfg.model.name, mask_ratio=cfg.model.mask_ratio, image_pool=cfg.model.image_pool, **overrides)
+    m = cfg.model
+    model = create_model(m.name, mask_ratio=m.mask_ratio, image_pool=m.image_pool, text_mask_ratio=m.text_mask_ratio,
+                         text_mask=m.text_mask, reconstruction_weight=m.reconstruction_weight,
+                         decoder_width=m.decoder_width, decoder_layers=m.decoder_layers,
+                         decoder_heads=m.decoder_heads, **overrides)
     if tokenizer_vocab_size is not None and tokenizer_vocab_size > model.size.vocab_size:
         raise ValueError(f"model.vocab_size: the tokenizer has {tokenizer_vocab_size} tokens but the model's "
                          f"vocabulary holds {model.size.vocab_size}; set model.vocab_size")

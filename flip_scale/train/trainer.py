@@ -197,8 +197,10 @@ class Trainer:
                     # Masks depend on (seed, global sample index) only: same masks at any world size.
                     noise = masking_noise(t.seed, batch["index"], self.num_patches).to(self.device)
                 with self.backend.autocast():
-                    image_features, text_features, logit_scale = model(images, tokens, noise)
-                loss = clip_loss(image_features, text_features, logit_scale)
+                    out = model(images, tokens, noise)
+                loss = clip_loss(*out[:3])
+                if len(out) > 3:  # auxiliary loss of an ablation head (pixel reconstruction)
+                    loss = loss + out[3].float()
                 if self.step + 1 in nan_steps:
                     loss = loss * float("nan")
                 # A non-finite loss on any rank skips the update everywhere (the batch is consumed

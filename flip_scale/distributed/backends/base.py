@@ -21,7 +21,7 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
     """Recompute every transformer block in backward (the wrapper keeps state-dict keys unchanged)."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
-    for blocks in (model.visual.blocks, model.text.blocks):
+    for blocks in model.block_lists():
         for i, block in enumerate(blocks):
             # preserve_rng_state=False: the blocks use no dropout, and saving RNG state costs a sync.
             blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
@@ -29,7 +29,7 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
 
 def apply_compile(model: nn.Module) -> None:
     """Compile each block in place (nn.Module.compile keeps parameter names, unlike torch.compile(m))."""
-    for blocks in (model.visual.blocks, model.text.blocks):
+    for blocks in model.block_lists():
         for block in blocks:
             block.compile(dynamic=False)
 
