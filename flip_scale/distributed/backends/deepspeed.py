@@ -1,0 +1,198 @@
+"""DeepSpeed ZeRO stage 1, 2 or 3 behind the Backend interface (Lightning Fabric's pattern).
+
+DeepSpeed owns backward, the optimizer step and gradient clipping; its config is GENERATED from
+ours (`deepspeed_config`), never kept beside it. The optimizer is ours (AdamW with FLIP's decay
+groups) handed to the engine: DeepSpeed's FusedAdam on CUDA, torch's AdamW elsewhere. There is
+no DeepSpeed scheduler: the trainer sets the lr every step through `step(lr)`.
+
+Precision: with bf16 DeepSpeed keeps bf16 working weights and fp32 master weights inside the
+ZeRO optimizer; the trainer's forward runs under bf16 autocast (Backend.autocast) so fp32
+inputs (images, masking noise) meet bf16 weights without manual casts, and the masking noise
+keeps full precision.
+
+On CPU (tests, the demo machine) DeepSpeed selects its CPU accelerator by itself when no GPU is
+visible (DS_ACCELERATOR=cpu forces it) and reuses the gloo process group the trainer opened.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ...models.towers import LOGIT_SCALE_MAX
+from .base import Backend
+from .process_group import ensure_process_group
+
+TAG = "deepspeed"  # checkpoint sub-folder: ckpt_dir/deepspeed/{mp_rank_00_model_states.pt, ...}
+_WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.", "module.")
+
+
+def _strip_wrappers(name: str) -> str:
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def deepspeed_config(cfg, world_size: int) -> dict:
+    """Our recipe -> DeepSpeed's JSON config."""
+    t, p = cfg.train, cfg.parallel
+    bf16 = p.precision == "bf16"
+    zero = {"stage": p.zero_stage or 2}
+    if bf16:
+        # Reduce gradients in fp32, as FSDP's MixedPrecisionPolicy(reduce_dtype=fp32) does:
+        # the contrastive gradient is averaged over many ranks and bf16 sums lose small terms.
+        zero["reduce_bucket_size"] = 5e7
+    return {
+        "train_batch_size": t.global_batch_size,
+        "train_micro_batch_size_per_gpu": t.global_batch_size // world_size,
+        # A contrastive batch must be one batch (more negatives); accumulation would change the loss.
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": t.grad_clip,  # 0 disables, like ours
+        "zero_optimization": zero,
+        "bf16": {"enabled": bf16},
+        "communication_data_type": "fp32" if bf16 else None,
+        # Our AdamW is not on DeepSpeed's tested list; ZeRO only partitions its state.
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,  # the trainer logs; keep DeepSpeed quiet
+        "wall_clock_breakdown": False,
+    }
+
+
+class DeepSpeedBackend(Backend):
+    name = "deepspeed"
+
+    @property
+    def zero_stage(self) -> int:
+        return self.cfg.parallel.zero_stage or 2
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device)  # the engine is built with the optimizer, in build_optimizer
+
+    def build_optimizer(self, groups: list[dict]):
+        import deepspeed
+
+        ensure_process_group(self.device)  # DeepSpeed reuses an existing torch.distributed group
+        t = self.cfg.train
+        if self.device.type == "cuda":
+            from deepspeed.ops.adam import FusedAdam
+
+            optimizer = FusedAdam(groups, lr=0.0, betas=(t.beta1, t.beta2), eps=t.eps, adam_w_mode=True)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=0.0, betas=(t.beta1, t.beta2), eps=t.eps, foreach=True)
+        config = deepspeed_config(self.cfg, dist.get_world_size())
+        config = {k: v for k, v in config.items() if v is not None}
+        engine, ds_optimizer, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer, config=config,
+                                                          dist_init_required=False)
+        self.engine = engine
+        self.module = engine  # the trainer calls the engine's forward
+        return ds_optimizer
+
+    # -- step -------------------------------------------------------------------------------
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self, lr: float) -> torch.Tensor:
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+        self.engine.step()  # clips (config), steps, zeroes the gradients
+        norm = self.engine.get_global_grad_norm()
+        return torch.as_tensor(float("nan") if norm is None else float(norm))
+
+    def zero_grad(self) -> None:
+        self.engine.zero_grad()
+
+    def clamp_logit_scale(self) -> None:
+        """Clamp the working copy AND the fp32 master copy (the next step overwrites the
+        working copy from the master, so clamping only the former would be undone). Elementwise,
+        so each rank clamps just the piece it holds: no communication."""
+        p = self.model.logit_scale
+        with torch.no_grad():
+            if self.zero_stage == 3:
+                from deepspeed.utils import safe_get_local_fp32_param, safe_set_local_fp32_param
+
+                p.ds_tensor.data.clamp_(0.0, LOGIT_SCALE_MAX)
+                if p.data.numel():  # a persistent (small, never partitioned) parameter
+                    p.data.clamp_(0.0, LOGIT_SCALE_MAX)
+                master = safe_get_local_fp32_param(p)
+                if master is not None and master.numel():
+                    safe_set_local_fp32_param(p, master.clamp(0.0, LOGIT_SCALE_MAX))
+            else:
+                p.data.clamp_(0.0, LOGIT_SCALE_MAX)
+                mapping = getattr(p, "_hp_mapping", None)
+                if mapping is not None:  # None on ranks whose partition holds none of it
+                    mapping.get_hp_fragment().clamp_(0.0, LOGIT_SCALE_MAX)
+
+    def logit_scale(self) -> float:
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        value = safe_get_full_fp32_param(self.model.logit_scale)  # collective for ZeRO
+        value = self.model.logit_scale.detach() if value is None else value
+        return float(value.float().exp().max())
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save(self, ckpt_dir: Path) -> None:
+        # Collective: every rank writes its optimizer partition (never a rank-0-only save).
+        # save_latest=False: the checkpoint folder itself is the unit; our `latest` pointer
+        # lives one level up and moves only after the whole folder is complete.
+        self.engine.save_checkpoint(str(ckpt_dir), tag=TAG, save_latest=False)
+
+    def load(self, ckpt_dir: Path) -> None:
+        path, _ = self.engine.load_checkpoint(str(ckpt_dir), tag=TAG, load_optimizer_states=True,
+                                              load_lr_scheduler_states=False)
+        if path is None:
+            raise FileNotFoundError(f"{ckpt_dir}: no DeepSpeed checkpoint under tag {TAG!r}")
+
+    @staticmethod
+    def read_full_weights(ckpt_dir: Path) -> dict:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        # Merges every rank's fp32 partitions (any ZeRO stage) on this one process, no group.
+        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=TAG)
+        return {_strip_wrappers(k): v for k, v in state.items()}
+
+    def _named_params(self) -> dict:
+        return {_strip_wrappers(n): p for n, p in self.model.named_parameters()}
+
+    def full_state_dict(self) -> dict:
+        """fp32 master weights (not the bf16 working copies), gathered on every rank."""
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        params = self._named_params()
+        out = {}
+        # state_dict() order is the same on every rank, so the per-parameter collectives match.
+        for name, value in self.model.state_dict().items():
+            p = params.get(name)
+            full = safe_get_full_fp32_param(p) if p is not None else None
+            out[name] = (value if full is None else full.reshape(p.ds_shape if hasattr(p, "ds_shape") else p.shape))
+            out[name] = out[name].detach().cpu().clone()
+        return out
+
+    def load_model_weights(self, state_dict: dict) -> None:
+        """init_from: set the working weights and the fp32 masters (ZeRO built them already)."""
+        import deepspeed
+        from deepspeed.utils import safe_set_full_fp32_param
+
+        params = self._named_params()
+        buffers = {_strip_wrappers(n): b for n, b in self.model.named_buffers()}
+        missing = sorted(set(params) | set(buffers) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(params) - set(buffers))
+        if missing or unexpected:
+            raise ValueError(f"init_from weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        with torch.no_grad():
+            gathered = (deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=0)
+                        if self.zero_stage == 3 else _nullcontext())
+            with gathered:  # stage 3: full working params here, re-partitioned on exit
+                for name, p in params.items():
+                    p.data.copy_(state_dict[name].to(p.device, p.dtype).reshape(p.shape))
+            for name, p in params.items():
+                safe_set_full_fp32_param(p, state_dict[name].to(p.device, torch.float32))
+            for name, b in buffers.items():
+                b.copy_(state_dict[name])
+
+
+def _nullcontext():
+    import contextlib
+
+    return contextlib.nullcontext()

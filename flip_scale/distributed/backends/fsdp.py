@@ -1,0 +1,153 @@
+"""FSDP2: `fully_shard` each transformer block of both towers, then the root (torchtitan's order).
+
+Build order (Backend.parallelize): activation checkpointing, then per-block compile, then the
+sharding below, then the optimizer over the sharded (DTensor) parameters. Sharding must come
+last: fully_shard replaces parameters with DTensors and hooks the module it is given, so the
+checkpoint wrapper / compiled block must already be the module it sees.
+
+Precision: with parallel.precision bf16 the blocks compute on bf16 copies of the parameters
+gathered by FSDP (MixedPrecisionPolicy), the sharded fp32 parameters stay the optimizer's
+master weights, and gradients are reduced in fp32. Autocast is therefore off (nullcontext):
+the parameters already are bf16 in forward, and autocast on top would only add casts.
+
+Checkpoints are torch.distributed.checkpoint (DCP) folders: each rank writes its own shards,
+no rank ever holds the full model, and they reload at any world size.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .base import Backend
+from .process_group import ensure_process_group
+
+# Prefixes that wrappers add to parameter names; DCP state dicts are already free of them.
+_WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.", "module.")
+
+
+def _strip_wrappers(name: str) -> str:
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def _cast_input_to_weight_dtype(module: nn.Module, args):
+    # The root does not cast its inputs (see apply_fsdp), so images arrive in fp32; the patch
+    # embedding's weight is a bf16 copy while gathered, and a conv needs matching dtypes.
+    images, *rest = args
+    return (images.to(module.proj.weight.dtype), *rest)
+
+
+def apply_fsdp(model: nn.Module, mesh, precision: str) -> None:
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    bf16 = precision == "bf16"
+    block_mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32)
+    # The root must NOT cast forward inputs: the masking noise is a float tensor, and bf16
+    # (8 mantissa bits) would create ties in its argsort, i.e. less random, biased masks.
+    # The blocks still cast their own inputs, so everything inside them runs in bf16.
+    root_mp = MixedPrecisionPolicy(param_dtype=block_mp.param_dtype, reduce_dtype=torch.float32,
+                                   cast_forward_inputs=False)
+    for blocks in (model.visual.blocks, model.text.blocks):
+        for block in blocks:
+            # reshard_after_forward=True: gather again in backward (ZeRO-3 memory behaviour).
+            fully_shard(block, mesh=mesh, mp_policy=block_mp, reshard_after_forward=True)
+    # The root holds embeddings, norms, projections and the logit scale; it stays gathered
+    # after forward since backward needs it first anyway.
+    fully_shard(model, mesh=mesh, mp_policy=root_mp, reshard_after_forward=False)
+    if bf16:
+        model.visual.patch_embed.register_forward_pre_hook(_cast_input_to_weight_dtype)
+
+
+class FSDPBackend(Backend):
+    name = "fsdp"
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
+        ensure_process_group(self.device)
+        model.to(self.device)
+        mesh = init_device_mesh(self.device.type, (dist.get_world_size(),))
+        apply_fsdp(model, mesh, self.cfg.parallel.precision)
+        # Evaluation calls these instead of forward; registering them makes FSDP gather the
+        # parameters around them as it does around forward.
+        for method in ("encode_image", "encode_text"):
+            register_fsdp_forward_method(model, method)
+        return model
+
+    def autocast(self):
+        return contextlib.nullcontext()  # see module docstring: bf16 comes from the FSDP policy
+
+    def clip_grad_norm(self) -> torch.Tensor:
+        from torch.distributed.tensor import DTensor
+
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        grads = [p.grad for p in params]
+        # Each DTensor grad's norm is a partial (per-shard) value; full_tensor() reduces it over
+        # the mesh, so the clip coefficient uses the norm of the WHOLE gradient, as on one GPU.
+        total = torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True)
+        if isinstance(total, DTensor):
+            total = total.full_tensor()
+        if self.cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grads_with_norm_(params, self.cfg.train.grad_clip, total, foreach=True)
+        return total
+
+    def logit_scale(self) -> float:
+        value = self.model.logit_scale.detach()
+        value = value.full_tensor() if hasattr(value, "full_tensor") else value
+        return float(value.float().exp().max())
+
+    # -- state dicts ------------------------------------------------------------------------
+    def _state_dicts(self):
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        return get_state_dict(self.model, self.optimizer)
+
+    def save(self, ckpt_dir: Path) -> None:
+        import torch.distributed.checkpoint as dcp
+
+        model_sd, optim_sd = self._state_dicts()
+        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(ckpt_dir))
+
+    def load(self, ckpt_dir: Path) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        model_sd, optim_sd = self._state_dicts()
+        state = {"model": model_sd, "optimizer": optim_sd}
+        dcp.load(state, checkpoint_id=str(ckpt_dir))  # in place, each rank reads its own shards
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optimizer"])
+
+    @staticmethod
+    def read_full_weights(ckpt_dir: Path) -> dict:
+        from torch.distributed.checkpoint import FileSystemReader
+        from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+        from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+        # Every shard of "model" into plain tensors on THIS process. no_dist=True even when a
+        # process group exists (init_from calls this on each rank): reading is local, never a
+        # collective, so one rank alone can call it too.
+        state: dict = {}
+        _load_state_dict(state, storage_reader=FileSystemReader(str(ckpt_dir)),
+                         planner=_EmptyStateDictLoadPlanner(keys={"model"}), no_dist=True)
+        return {_strip_wrappers(k): v for k, v in state["model"].items()}
+
+    def load_model_weights(self, state_dict: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        # Every rank holds the full dict (read_full_weights on each); each keeps its own shards.
+        set_model_state_dict(self.model, state_dict, options=StateDictOptions(full_state_dict=True, strict=True))
+
+    def full_state_dict(self) -> dict:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        # Collective: all ranks gather. cpu_offload=False keeps the result on every rank (with
+        # offload only rank 0 would receive it); tensors are then moved to the CPU one by one.
+        sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
+        return {k: v.detach().cpu() for k, v in sd.items()}

@@ -1,0 +1,24 @@
+"""A process group for backends that need one even when the job is a single process.
+
+FSDP2 (a DeviceMesh) and DeepSpeed (its comm layer) both require torch.distributed to be
+initialised. A plain `flip-scale train` with parallel.backend fsdp/deepspeed runs alone, so
+these backends join a private 1-process group. A TCPStore on port 0 binds a free port, so two
+such runs on one machine never collide (no MASTER_PORT guessing). The trainer's `cleanup()`
+destroys it at the end like any other group.
+"""
+from __future__ import annotations
+
+import datetime
+
+import torch
+import torch.distributed as dist
+
+
+def ensure_process_group(device: torch.device) -> None:
+    if dist.is_initialized():
+        return
+    store = dist.TCPStore("127.0.0.1", 0, world_size=1, is_master=True)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    kwargs = {"device_id": device} if device.type == "cuda" else {}
+    dist.init_process_group(backend, store=store, rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=1800), **kwargs)
