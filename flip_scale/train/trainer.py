@@ -1,130 +1,300 @@
-"""The one interface the trainer talks to. Each backend is one file plus a registry entry.
-
-Build order (torchtitan's): the plain model is built, then `parallelize` applies activation
-checkpointing, then per-block compile, then the backend's wrapping/sharding, and only then is
-the optimizer built over the (possibly sharded) parameters.
-"""
+"""The training loop. It names no backend: wrapping, precision, backward, step and checkpoint
+I/O all go through `Backend` (flip_scale/distributed/backends)."""
 from __future__ import annotations
 
-import contextlib
+import datetime
+import json
+import math
+import os
+import random
+import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import torch
-from torch import nn
+import torch.distributed as dist
 
-from ...config import Config
-from ...train.optim import param_groups
-from ..env import DistEnv
+from .. import checkpoint as ckpt_lib
+from ..config import Config, validate, write_config
+from ..data.loader import build_train_loader
+from ..data.tokenizer import load_tokenizer
+from ..distributed.backends import get_backend_class
+from ..distributed.env import DistEnv, cleanup, detect_env, init_distributed, select_device
+from ..loss import clip_loss
+from ..metrics import MetricsWriter, device_peak_flops, max_memory_gb
+from ..models import masking_noise, train_flops_per_sample
+from .build import build_model_from_config, snapshot_tokenizer, tokenizer_spec_for_run
+from .optim import lr_at
+from .preemption import Preempted, StopFlag
+
+# Test-only fault injection (documented in README "Fault tolerance"): comma-separated steps
+# whose loss is replaced by NaN, and a pause inside checkpoint saves so a test can kill there.
+NAN_STEPS_ENV = "FLIP_SCALE_TEST_NAN_STEPS"
+SAVE_DELAY_ENV = "FLIP_SCALE_TEST_SAVE_DELAY_S"
+# Steps after which the collective timeout drops from parallel.init_timeout_s to timeout_s.
+WARM_STEPS = 2
 
 
-def apply_activation_checkpointing(model: nn.Module) -> None:
-    """Recompute every transformer block in backward (the wrapper keeps state-dict keys unchanged)."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-
-    for blocks in model.block_lists():
-        for i, block in enumerate(blocks):
-            # preserve_rng_state=False: the blocks use no dropout, and saving RNG state costs a sync.
-            blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
-def apply_compile(model: nn.Module) -> None:
-    """Compile each block in place (nn.Module.compile keeps parameter names, unlike torch.compile(m))."""
-    for blocks in model.block_lists():
-        for block in blocks:
-            block.compile(dynamic=False)
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class Backend:
-    """Owns wrapping, precision, backward, optimizer step and checkpoint I/O for one strategy."""
+def _fmt_time(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
-    name = "base"
 
-    def __init__(self, cfg: Config, denv: DistEnv, device: torch.device):
-        self.cfg, self.denv, self.device = cfg, denv, device
-        self.model: nn.Module | None = None  # the plain FlipModel (parameters may be sharded)
-        self.module: nn.Module | None = None  # what the trainer calls: the model or its wrapper
-        self.optimizer = None
+class Trainer:
+    def __init__(self, cfg: Config, denv: DistEnv | None = None, log=None):
+        self.cfg = cfg
+        self.denv = denv or detect_env()
+        validate(cfg, self.denv.world_size)
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.run_dir = Path(cfg.train.out_dir)
+        self.ckpt_root = self.run_dir / "checkpoints"
 
-    # -- set-up -----------------------------------------------------------------------------
-    def parallelize(self, model: nn.Module) -> None:
-        """Activation checkpointing, then compile, then this backend's `wrap`; then the optimizer."""
-        if self.cfg.parallel.activation_checkpointing:
-            apply_activation_checkpointing(model)
-        if self.cfg.parallel.compile:
-            apply_compile(model)
-        self.model = model
-        self.module = self.wrap(model)
-        self.optimizer = self.build_optimizer(param_groups(self.model, self.cfg.train.weight_decay))
+    def _say(self, msg: str) -> None:
+        if self.denv.is_main:
+            self.log(msg)
 
-    def wrap(self, model: nn.Module) -> nn.Module:
-        return model
+    def setup(self) -> None:
+        cfg, denv = self.cfg, self.denv
+        self.device = select_device(cfg.train.device, denv)
+        init_distributed(denv, self.device, timeout_s=cfg.parallel.init_timeout_s)
+        if self.device.type == "cuda":
+            # TF32 matmuls on Ampere+ (FLIP trained in fp32 on TPUs; TF32 keeps fp32 range).
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(cfg.train.seed)  # identical init on every rank
+        if denv.is_main:
+            write_config(cfg, self.run_dir)
+            snapshot_tokenizer(cfg, self.run_dir)
+        self.tokenizer = load_tokenizer(tokenizer_spec_for_run(cfg, self.run_dir) if denv.is_main else cfg.data.tokenizer,
+                                        cfg.model.text_length)
+        # The loader comes before the model: a recipe pointing at no shards fails in seconds.
+        try:
+            self.loader = build_train_loader(cfg.data, text_length=cfg.model.text_length,
+                                             global_batch_size=cfg.train.global_batch_size, seed=cfg.train.seed,
+                                             rank=denv.rank, world_size=denv.world_size)
+        except ValueError as e:
+            msg = str(e)
+            raise ValueError(msg if msg.startswith("data.") else f"data.train_shards: {msg}") from None
+        model = build_model_from_config(cfg, self.tokenizer.vocab_size)
+        self.num_patches = model.visual.num_patches
+        self.backend = get_backend_class(cfg.parallel.backend)(cfg, denv, self.device)
+        self.backend.parallelize(model)
+        self.step, self.samples_seen = 0, 0
+        latest = ckpt_lib.find_latest(self.ckpt_root, log=self._say)
+        if latest is not None:
+            self._resume(latest)
+        elif cfg.train.init_from:
+            src = ckpt_lib.resolve_checkpoint(cfg.train.init_from)
+            self._say(f"initialising weights from {src} (fresh optimizer and schedule)")
+            self.backend.load_model_weights(ckpt_lib.read_full_weights(src))
+        self.metrics = MetricsWriter(self.run_dir, enabled=denv.is_main)
+        self.peak_flops = device_peak_flops(self.device, cfg.parallel.precision)
+        self.model_flops = train_flops_per_sample(self.backend.model.size, cfg.model.mask_ratio, cfg.model.text_length)
 
-    def build_optimizer(self, groups: list[dict]):
-        t = self.cfg.train
-        # Fused AdamW on CUDA (one kernel for all params); foreach on CPU.
-        fused = self.device.type == "cuda"
-        return torch.optim.AdamW(groups, lr=0.0, betas=(t.beta1, t.beta2), eps=t.eps,
-                                 fused=fused, foreach=None if fused else True)
+    def _resume(self, ckpt: Path) -> None:
+        meta = ckpt_lib.read_meta(ckpt)
+        self.backend.load(ckpt)
+        self.step, self.samples_seen = int(meta["step"]), int(meta["samples_seen"])
+        old_world = int(meta.get("world_size", self.denv.world_size))
+        if old_world == self.denv.world_size:
+            state = ckpt_lib.load_rank_state(ckpt, self.denv.rank)
+            self.loader.load_state_dict(state["loader"])
+            _set_rng_state(state["rng"])
+        else:
+            # Elastic resume: the synthetic position is global; shard streams are re-dealt by
+            # the loader itself. RNG streams are per rank and cannot carry over.
+            state = ckpt_lib.load_rank_state(ckpt, min(self.denv.rank, old_world - 1))
+            self.loader.load_state_dict(state["loader"])
+            self._say(f"world size changed {old_world} -> {self.denv.world_size}: same global batch, "
+                      f"data position carried over, per-rank RNG reseeded")
+        self._truncate_metrics(self.step)
+        self._say(f"resumed from {ckpt} at step {self.step} ({self.samples_seen} samples seen)")
 
-    # -- step -------------------------------------------------------------------------------
-    def autocast(self):
-        if self.cfg.parallel.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metric records past the checkpoint: those steps are about to be recomputed."""
+        path = self.run_dir / "metrics.jsonl"
+        if not self.denv.is_main or not path.is_file():
+            return
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except ValueError:  # a line cut by the kill
+                continue
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, path)
 
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
+    def save(self) -> Path:
+        meta = {"samples_seen": self.samples_seen, "world_size": self.denv.world_size,
+                "backend": self.cfg.parallel.backend, "global_batch_size": self.cfg.train.global_batch_size}
+        rank_state = {"loader": self.loader.state_dict(), "rng": _rng_state()}
+        delay = float(os.environ.get(SAVE_DELAY_ENV, "0") or 0)
+        return ckpt_lib.save_checkpoint(self.ckpt_root, self.step, self.backend, rank_state, meta,
+                                        self.cfg.checkpoint.keep, test_delay_s=delay)
 
-    def clip_grad_norm(self) -> torch.Tensor:
-        max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else float("inf")
-        return torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=True)
+    def _reduce_mean(self, value: torch.Tensor) -> float:
+        value = value.detach().float().clone()
+        if dist.is_initialized():
+            dist.all_reduce(value)
+            value /= dist.get_world_size()
+        return float(value)
 
-    def step(self, lr: float) -> torch.Tensor:
-        """Clip, step, zero grads; returns the pre-clip global grad norm (a device tensor, no sync)."""
-        norm = self.clip_grad_norm()
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return norm
+    def _agree(self, nonfinite: torch.Tensor, stop: bool) -> tuple[bool, bool]:
+        """One small all-reduce per step so every rank takes the same skip / stop decision."""
+        flags = torch.stack([nonfinite.float(), torch.tensor(float(stop), device=nonfinite.device)])
+        if dist.is_initialized():
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        a, b = flags.tolist()
+        return a > 0, b > 0
 
-    def zero_grad(self) -> None:
-        """Drop gradients without stepping (a skipped, non-finite step)."""
-        self.optimizer.zero_grad(set_to_none=True)
+    def train(self) -> dict:
+        cfg, t = self.cfg, self.cfg.train
+        total_steps = cfg.total_steps
+        G = t.global_batch_size
+        peak_lr = cfg.peak_lr
+        model = self.backend.module
+        model.train()
+        nan_steps = {int(x) for x in os.environ.get(NAN_STEPS_ENV, "").split(",") if x.strip()}
+        stop_flag = StopFlag().install()
+        start_wall = time.time()
+        start_step = self.step
+        window_start, data_time = time.time(), 0.0
+        loss_sum = torch.zeros((), device=self.device)
+        loss_count = 0
+        nonfinite_steps = int(getattr(self, "nonfinite_steps", 0))
+        last_loss = float("nan")
+        first_logged_loss = None
+        it = iter(self.loader)
+        self._say(f"training {cfg.model.name} ({cfg.parallel.backend}, {self.denv.world_size} process(es), "
+                  f"{self.device.type}) for {total_steps} steps of {G} samples, mask {cfg.model.mask_ratio}")
+        try:
+            while self.step < total_steps:
+                t_data = time.time()
+                batch = next(it)
+                data_time += time.time() - t_data
+                images = batch["images"].to(self.device, non_blocking=True)
+                tokens = batch["tokens"].to(self.device, non_blocking=True)
+                noise = None
+                if cfg.model.mask_ratio > 0:
+                    # Masks depend on (seed, global sample index) only: same masks at any world size.
+                    noise = masking_noise(t.seed, batch["index"], self.num_patches).to(self.device)
+                with self.backend.autocast():
+                    out = model(images, tokens, noise)
+                loss = clip_loss(*out[:3])
+                if len(out) > 3:  # auxiliary loss of an ablation head (pixel reconstruction)
+                    loss = loss + out[3].float()
+                if self.step + 1 in nan_steps:
+                    loss = loss * float("nan")
+                # A non-finite loss on any rank skips the update everywhere (the batch is consumed
+                # and counted); a stop request is honoured at this same step on every rank.
+                skip, stop = self._agree(~torch.isfinite(loss.detach()), stop_flag.requested)
+                lr = lr_at(self.samples_seen, peak_lr, t.warmup_samples, t.samples)
+                if skip:
+                    nonfinite_steps += 1
+                    self.backend.zero_grad()
+                    self._say(f"step {self.step + 1}: non-finite loss on some rank; update skipped "
+                              f"({nonfinite_steps} so far)")
+                else:
+                    self.backend.backward(loss)
+                    grad_norm = self.backend.step(lr)
+                    self.backend.clamp_logit_scale()
+                    loss_sum += loss.detach()
+                    loss_count += 1
+                self.step += 1
+                self.samples_seen += G
+                self.nonfinite_steps = nonfinite_steps
+                if self.step == start_step + WARM_STEPS and dist.is_initialized():
+                    # Start-up (compile, loading, first allocations) is over: from now on a dead
+                    # or hung peer should end the job in timeout_s, not after the long init timeout.
+                    from torch.distributed.distributed_c10d import _set_pg_timeout
 
-    def clamp_logit_scale(self) -> None:
-        self.model.clamp_logit_scale()
+                    _set_pg_timeout(datetime.timedelta(seconds=cfg.parallel.timeout_s))
+                last_step = self.step == total_steps
+                if (self.step % t.log_every_steps == 0 or last_step) and loss_count:
+                    elapsed = max(time.time() - window_start, 1e-9)
+                    mean_loss = self._reduce_mean(loss_sum / loss_count)
+                    last_loss = mean_loss
+                    first_logged_loss = mean_loss if first_logged_loss is None else first_logged_loss
+                    sps = loss_count * G / elapsed
+                    record = {
+                        "step": self.step, "samples_seen": self.samples_seen, "loss": mean_loss, "lr": lr,
+                        "logit_scale": self.backend.logit_scale(),
+                        "grad_norm": float(grad_norm), "samples_per_sec": sps,
+                        "samples_per_sec_per_device": sps / self.denv.world_size,
+                        "data_wait_frac": min(data_time / elapsed, 1.0), "max_memory_gb": max_memory_gb(self.device),
+                        "skipped/nonfinite_loss_steps": nonfinite_steps,
+                    }
+                    if self.peak_flops:
+                        record["mfu"] = self.model_flops * sps / (self.peak_flops * self.denv.world_size)
+                    for key, value in getattr(self.loader, "counters", lambda: {})().items():
+                        record[f"skipped/{key}"] = value
+                    self.metrics.log(record)
+                    done = self.step - start_step
+                    eta = (time.time() - start_wall) / max(done, 1) * (total_steps - self.step)
+                    self._say(f"step {self.step}/{total_steps}  samples {self.samples_seen}/{t.samples}  "
+                              f"loss {mean_loss:.4f}  lr {lr:.2e}  {sps:.1f} samples/s  ETA {_fmt_time(eta)}")
+                    loss_sum.zero_()
+                    loss_count, data_time, window_start = 0, 0.0, time.time()
+                every = cfg.checkpoint.every_steps
+                if (every and self.step % every == 0) or last_step or stop:
+                    self.save()
+                if stop and not last_step:
+                    self._say(f"stop requested (signal {stop_flag.signum or 'on another rank'}): checkpoint at "
+                              f"step {self.step} written; exiting to be requeued")
+                    self.metrics.close()
+                    raise Preempted(self.step)
+        except RuntimeError as e:
+            if dist.is_initialized() and _looks_like_collective_failure(e):
+                raise RuntimeError(f"rank {self.denv.rank}: a collective failed at step {self.step + 1} "
+                                   f"(a peer died or hung; timeout {cfg.parallel.timeout_s:.0f}s): "
+                                   f"{str(e).splitlines()[0]}") from e
+            raise
+        finally:
+            stop_flag.uninstall()
+        wall = time.time() - start_wall
+        summary = {
+            "samples_seen": self.samples_seen, "steps": self.step, "wall_time_s": wall,
+            "samples_per_sec": (self.step - start_step) * G / max(wall, 1e-9), "final_loss": last_loss,
+            "first_logged_loss": first_logged_loss, "world_size": self.denv.world_size,
+            "backend": cfg.parallel.backend, "model": cfg.model.name, "mask_ratio": cfg.model.mask_ratio,
+            "global_batch_size": G, "nonfinite_loss_steps": nonfinite_steps,
+            "skipped": dict(getattr(self.loader, "counters", lambda: {})()), "evals": {},
+        }
+        if self.denv.is_main:
+            tmp = self.run_dir / "summary.json.tmp"
+            tmp.write_text(json.dumps(summary, indent=1))
+            os.replace(tmp, self.run_dir / "summary.json")
+        self.metrics.close()
+        return summary
 
-    def logit_scale(self) -> float:
-        """exp(logit scale) for logging. Collective where the parameter is sharded (FSDP, ZeRO-3),
-        so every rank calls it on log steps."""
-        return float(self.model.logit_scale.detach().float().exp().max())
 
-    def logit_scale(self) -> float:
-        """exp(logit scale) for logging. Collective where the parameter is sharded (FSDP, ZeRO-3),
-        so every rank calls it on log steps."""
-        return float(self.model.logit_scale.detach().float().exp().max())
+def _looks_like_collective_failure(e: Exception) -> bool:
+    text = str(e).lower()
+    return any(k in text for k in ("gloo", "nccl", "timed out", "timeout", "connection", "peer", "socket"))
 
-    # -- checkpoints ------------------------------------------------------------------------
-    def save(self, ckpt_dir: Path) -> None:
-        """Write model + optimizer state into ckpt_dir. Called on EVERY rank (collective)."""
-        raise NotImplementedError
 
-    def load(self, ckpt_dir: Path) -> None:
-        """Restore model + optimizer state saved by `save` (called on every rank)."""
-        raise NotImplementedError
-
-    @staticmethod
-    def read_full_weights(ckpt_dir: Path) -> dict:
-        """Unsharded weights from a checkpoint this backend wrote, on one process, no process group."""
-        raise NotImplementedError
-
-    def load_model_weights(self, state_dict: dict) -> None:
-        """Load full (unsharded) model weights, e.g. for init_from; the optimizer stays fresh."""
-        missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"init_from weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-
-    def full_state_dict(self) -> dict:
-        """Unsharded model weights on CPU (collective; every rank gets them)."""
-        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+def run_training(cfg: Config) -> dict:
+    trainer = Trainer(cfg)
+    try:
+        trainer.setup()
+        return trainer.train()
+    finally:
+        cleanup()

@@ -100,11 +100,6 @@ class Backend:
         so every rank calls it on log steps."""
         return float(self.model.logit_scale.detach().float().exp().max())
 
-    def logit_scale(self) -> float:
-        """exp(logit scale) for logging. Collective where the parameter is sharded (FSDP, ZeRO-3),
-        so every rank calls it on log steps."""
-        return float(self.model.logit_scale.detach().float().exp().max())
-
     # -- checkpoints ------------------------------------------------------------------------
     def save(self, ckpt_dir: Path) -> None:
         """Write model + optimizer state into ckpt_dir. Called on EVERY rank (collective)."""
