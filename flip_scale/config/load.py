@@ -113,6 +113,12 @@ def _coerce(value: Any, tp, key: str, source: str):
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):
+            # PyYAML (YAML 1.1) reads `4e-6` (no dot) as a string; it is plainly a number.
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -142,8 +148,13 @@ def _build(cls, data: dict, origin: dict, recipe: str, prefix: str = ""):
     return cls(**kwargs)
 
 
-def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple = (), world_size: int | None = None) -> Config:
-    """Read a recipe (following `base:`), apply overrides, type-check and validate it."""
+def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple = (), world_size: int | None = None,
+                check_files: bool = True) -> Config:
+    """Read a recipe (following `base:`), apply overrides, type-check and validate it.
+
+    check_files=False skips the checks that files named by the recipe exist (tokenizer,
+    init_from, eval set): for planning or submitting a run on a machine that is not where it
+    will run, or a tuning job whose init_from is written by a job not yet finished."""
     origin: dict[str, str] = {}
     data = _load_chain(Path(path), origin)
     for text in overrides:
@@ -152,7 +163,7 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple = (), worl
     cfg = _build(Config, data, origin, str(path))
     cfg._origin = origin  # type: ignore[attr-defined]  (for error messages in validate)
     cfg._recipe = str(path)  # type: ignore[attr-defined]
-    validate(cfg, world_size)
+    validate(cfg, world_size, check_files=check_files)
     return cfg
 
 
@@ -160,7 +171,7 @@ def _where(cfg: Config, key: str) -> str:
     return getattr(cfg, "_origin", {}).get(key) or getattr(cfg, "_recipe", "recipe") + " (default)"
 
 
-def validate(cfg: Config, world_size: int | None = None) -> None:
+def validate(cfg: Config, world_size: int | None = None, check_files: bool = True) -> None:
     """Impossible combinations, each reported as one line naming the key and its source."""
     from ..models.sizes import SIZES
 
@@ -195,7 +206,7 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
         fail("data.workers", f"must be >= 0, got {d.workers}")
     if not d.train_shards:
         fail("data.train_shards", "is empty; give shards or `synthetic`")
-    if d.tokenizer != "builtin" and not d.tokenizer.startswith(("http://", "https://")) and not os.path.isfile(d.tokenizer):
+    if check_files and d.tokenizer != "builtin" and not d.tokenizer.startswith(("http://", "https://")) and not os.path.isfile(d.tokenizer):
         fail("data.tokenizer", f"file {d.tokenizer} not found (a tokenizers JSON, a vocab.txt, or `builtin`)")
     if t.global_batch_size < 1:
         fail("train.global_batch_size", f"must be positive, got {t.global_batch_size}")
@@ -215,7 +226,7 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
         fail("train.log_every_steps", f"must be >= 1, got {t.log_every_steps}")
     if t.device not in ("auto", "cpu", "cuda"):
         fail("train.device", f"must be auto, cpu or cuda, got {t.device!r}")
-    if t.init_from is not None and not os.path.exists(t.init_from):
+    if check_files and t.init_from is not None and not os.path.exists(t.init_from):
         fail("train.init_from", f"{t.init_from} does not exist")
     if c.every_steps < 0:
         fail("checkpoint.every_steps", f"must be >= 0, got {c.every_steps}")
@@ -235,7 +246,7 @@ def validate(cfg: Config, world_size: int | None = None) -> None:
         fail("parallel.timeout_s", f"timeouts must be positive, got {p.init_timeout_s}, {p.timeout_s}")
     if e.every_steps < 0:
         fail("eval.every_steps", f"must be >= 0, got {e.every_steps}")
-    if e.zeroshot is not None and not os.path.isdir(e.zeroshot):
+    if check_files and e.zeroshot is not None and not os.path.isdir(e.zeroshot):
         fail("eval.zeroshot", f"dataset directory {e.zeroshot} not found")
 
 

@@ -42,3 +42,27 @@ def snapshot_tokenizer(cfg: Config, run_dir: str | Path) -> None:
     dst = Path(run_dir) / ("vocab.txt" if spec.endswith(".txt") else "tokenizer.json")
     if not dst.exists():
         shutil.copyfile(spec, dst)
+
+
+def adapt_weights(state_dict: dict, model: FlipModel) -> dict:
+    """Fit pretrained weights to a model that differs only where FLIP allows it.
+
+    - Fixed sin-cos position buffers are recomputed by the model, never loaded (their shape
+      follows the image size / patch grid).
+    - A different patch size (L/14 tuned from L/16 weights): the patch-embedding kernel is
+      resampled with timm's `resample_patch_embed` (FlexiViT's pseudo-inverse resize).
+    """
+    from timm.layers import resample_patch_embed
+
+    own = model.state_dict()
+    out = {}
+    for key, value in state_dict.items():
+        if key.endswith("pos_embed") and key in own and key.startswith(("visual.", "decoder.")):
+            continue
+        if key == "visual.patch_embed.proj.weight" and key in own and value.shape != own[key].shape:
+            value = resample_patch_embed(value.float(), list(own[key].shape[-2:])).to(value.dtype)
+        out[key] = value
+    for key in own:
+        if key not in out and key.endswith("pos_embed") and key.startswith(("visual.", "decoder.")):
+            out[key] = own[key]
+    return out

@@ -24,7 +24,7 @@ from ..distributed.env import DistEnv, cleanup, detect_env, init_distributed, se
 from ..loss import clip_loss
 from ..metrics import MetricsWriter, device_peak_flops, max_memory_gb
 from ..models import masking_noise, train_flops_per_sample
-from .build import build_model_from_config, snapshot_tokenizer, tokenizer_spec_for_run
+from .build import adapt_weights, build_model_from_config, snapshot_tokenizer, tokenizer_spec_for_run
 from .optim import lr_at
 from .preemption import Preempted, StopFlag
 
@@ -102,7 +102,8 @@ class Trainer:
         elif cfg.train.init_from:
             src = ckpt_lib.resolve_checkpoint(cfg.train.init_from)
             self._say(f"initialising weights from {src} (fresh optimizer and schedule)")
-            self.backend.load_model_weights(ckpt_lib.read_full_weights(src))
+            weights = adapt_weights(ckpt_lib.read_full_weights(src), model)
+            self.backend.load_model_weights(weights)
         self.metrics = MetricsWriter(self.run_dir, enabled=denv.is_main)
         self.peak_flops = device_peak_flops(self.device, cfg.parallel.precision)
         self.model_flops = train_flops_per_sample(self.backend.model.size, cfg.model.mask_ratio, cfg.model.text_length)

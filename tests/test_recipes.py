@@ -1,0 +1,123 @@
+"""Every recipe validates; the paper runs carry FLIP_FACTS.md's numbers; tiny ablations run."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from flip_scale.config import load_recipe
+from flip_scale.models import create_model, count_params
+from flip_scale.train.build import adapt_weights
+from flip_scale.train.trainer import run_training
+
+from conftest import ROOT
+
+RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml"))
+IS_BASE = lambda p: p.name.startswith("base")  # noqa: E731 shared defaults, not runs
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(ROOT / "recipes")))
+def test_every_recipe_validates_and_has_a_header(path):
+    cfg = load_recipe(path, check_files=False)
+    head = path.read_text().lstrip()
+    assert head.startswith("#"), f"{path} has no header comment"
+    if not IS_BASE(path) and "models/" not in str(path):
+        assert "Command:" in head and ("Expected" in head or "test" in str(path)), path
+    assert cfg.train.samples >= cfg.train.global_batch_size
+
+
+PAPER = {  # FLIP_FACTS.md: model, warmup
+    "b16_laion400m": ("vit_b16", 51_200_000),
+    "l16_laion400m": ("vit_l16", 51_200_000),
+    "h14_laion400m": ("vit_h14", 256_000_000),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_runs_match_flip_facts(name):
+    cfg = load_recipe(ROOT / f"recipes/flip/{name}.yaml", check_files=False)
+    model, warmup = PAPER[name]
+    assert cfg.model.name == model and cfg.model.mask_ratio == 0.5 and cfg.model.text_length == 32
+    assert cfg.model.image_pool == "mean_all" and cfg.data.image_size == 224
+    assert cfg.train.global_batch_size == 65536 and cfg.train.samples == 12_800_000_000
+    assert cfg.train.base_lr == 4e-6 and cfg.peak_lr == pytest.approx(1.024e-3)
+    assert cfg.train.warmup_samples == warmup
+    assert (cfg.train.beta1, cfg.train.beta2, cfg.train.weight_decay) == (0.9, 0.95, 0.2)
+
+    tune = load_recipe(ROOT / f"recipes/flip/{name}_unmasked_tuning.yaml", check_files=False)
+    assert tune.model.mask_ratio == 0.0 and tune.model.name == model
+    assert tune.train.base_lr == 4e-8 and tune.train.warmup_samples == 25_600_000
+    assert tune.train.samples == 128_000_000 and tune.train.init_from == f"runs/flip/{name}"
+    assert tune.parallel.activation_checkpointing
+
+
+def test_l14_is_tuned_from_l16():
+    cfg = load_recipe(ROOT / "recipes/flip/l14_laion400m.yaml", check_files=False)
+    assert cfg.model.name == "vit_l14" and cfg.train.init_from == "runs/flip/l16_laion400m"
+
+
+# FLIP_FACTS.md Table 8: case -> (model, data, samples)
+TABLE8 = {
+    "l16_laion400m_12.8b": ("vit_l16", "laion400m", 12.8e9),
+    "h14_laion400m_12.8b": ("vit_h14", "laion400m", 12.8e9),
+    "l16_laion2b_12.8b": ("vit_l16", "laion2b", 12.8e9),
+    "l16_laion400m_25.6b": ("vit_l16", "laion400m", 25.6e9),
+    "h14_laion2b_12.8b": ("vit_h14", "laion2b", 12.8e9),
+    "h14_laion2b_25.6b": ("vit_h14", "laion2b", 25.6e9),
+}
+
+
+def test_every_scaling_study_row_exists_with_the_papers_settings():
+    rows = {p.stem: p for p in (ROOT / "recipes/studies").glob("*.yaml")}
+    assert set(TABLE8) <= set(rows)
+    for name, (model, data, samples) in TABLE8.items():
+        cfg = load_recipe(rows[name], check_files=False)
+        assert cfg.model.name == model and cfg.train.samples == samples and cfg.model.mask_ratio == 0.5
+        assert data in cfg.data.train_shards and cfg.train.global_batch_size == 65536
+        expected_lr = 2e-6 if name == "h14_laion2b_25.6b" else 4e-6
+        assert cfg.train.base_lr == expected_lr
+        assert cfg.train.warmup_samples == (256_000_000 if "h14" in name else 51_200_000)
+
+
+def test_table1_ablation_grid_is_complete():
+    abl = ROOT / "recipes/ablations"
+    for mask in (0, 50, 75):
+        for batch in (16, 32, 64):
+            cfg = load_recipe(abl / f"a_mask{mask:02d}_batch{batch}k.yaml", check_files=False)
+            assert cfg.model.mask_ratio == mask / 100 and cfg.train.global_batch_size == batch * 1024
+            assert cfg.train.samples == 2_560_000_000 and cfg.model.name == "vit_l16"
+    assert load_recipe(abl / "c_text_mask_random.yaml", check_files=False).model.text_mask == "random"
+    assert load_recipe(abl / "c_text_mask_padding_first.yaml", check_files=False).model.text_mask_ratio == 0.5
+    assert load_recipe(abl / "d_inference_mask75.yaml", check_files=False).model.eval_mask_ratio == 0.75
+    tune = load_recipe(abl / "e_unmasked_tuning_mask50.yaml", check_files=False)
+    assert tune.model.mask_ratio == 0 and tune.train.samples == 128_000_000
+    assert load_recipe(abl / "f_reconstruction_mask75.yaml", check_files=False).model.reconstruction_weight > 0
+
+
+def test_model_blocks_match_the_size_table():
+    for path in (ROOT / "recipes/models").glob("*.yaml"):
+        cfg = load_recipe(path, check_files=False)
+        assert cfg.model.name == path.stem
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["tiny_text_mask.yaml", "tiny_reconstruction.yaml"])
+def test_tiny_ablation_recipes_train(recipe, tmp_path):
+    cfg = load_recipe(ROOT / "recipes/test" / recipe, [f"train.out_dir={tmp_path}", "train.samples=640",
+                                                         "train.log_every_steps=5", "checkpoint.every_steps=0"])
+    summary = run_training(cfg)
+    assert summary["steps"] == 10 and summary["final_loss"] == summary["final_loss"]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["loss"] > 0
+
+
+def test_patch_size_change_resamples_the_kernel_and_keeps_fixed_positions():
+    src = create_model("tiny")  # patch 8
+    dst = create_model("tiny", patch_size=4)
+    weights = adapt_weights(src.state_dict(), dst)
+    dst.load_state_dict(weights)  # strict: every key fits
+    assert dst.visual.patch_embed.proj.weight.shape[-1] == 4
+    assert torch.equal(dst.visual.pos_embed, create_model("tiny", patch_size=4).visual.pos_embed)
+    # everything except the patch kernel and positions is carried over unchanged
+    assert torch.equal(dst.text.token_embed.weight, src.text.token_embed.weight)
+    assert count_params(dst) < count_params(src)
