@@ -1,0 +1,115 @@
+"""`flip-scale eval RUN_DIR|CKPT --zeroshot DIR | --retrieval DIR [--json OUT] ...`
+
+Prints progress on stderr and the result JSON as stdout's last line. Given a run directory it
+also writes RUN_DIR/eval/<dataset>.json (what `flip-scale report` reads). Under torchrun or
+srun each rank evaluates a slice and rank 0 writes the outputs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flip-scale eval",
+                                description="Zero-shot classification or retrieval of a run or checkpoint.")
+    p.add_argument("checkpoint", help="run directory, its checkpoints/ folder, or one checkpoint folder")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--zeroshot", metavar="DIR", help="classification set (CLIP_benchmark layout or ImageFolder)")
+    what.add_argument("--retrieval", metavar="DIR", help="retrieval set (CLIP_benchmark layout, dataset_type retrieval)")
+    p.add_argument("--json", metavar="OUT.json", help="also write the result object here")
+    p.add_argument("--templates", default=None,
+                   help="7 or 80 (OpenAI's ImageNet templates; FLIP used 7) or a template file; "
+                        "default: the dataset's templates file, else the 7")
+    p.add_argument("--batch-size", type=int, default=256, help="images (and texts) per encoder call per rank")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    return p
+
+
+def _error(msg: str) -> int:
+    print(f"flip-scale eval: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _check_inputs(args) -> str | None:
+    """One clear line for bad input, before loading anything."""
+    from ..checkpoint import resolve_checkpoint
+
+    data = args.zeroshot or args.retrieval
+    if not os.path.isdir(data):
+        return f"dataset directory {data!r} does not exist"
+    if args.batch_size <= 0:
+        return f"--batch-size must be positive, got {args.batch_size}"
+    if args.templates not in (None, "7", "80") and not os.path.isfile(args.templates):
+        return f"--templates must be 7, 80 or a template file; {args.templates!r} is none of these"
+    try:
+        resolve_checkpoint(args.checkpoint)
+    except FileNotFoundError as e:
+        return str(e)
+    return None
+
+
+def _provenance(path: str) -> dict:
+    """Which checkpoint was evaluated, and at how many samples seen (for accuracy-vs-samples curves)."""
+    from ..checkpoint import read_meta, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(path)
+    meta = read_meta(ckpt)
+    return {"checkpoint": str(ckpt), "step": meta.get("step"), "samples_seen": meta.get("samples_seen")}
+
+
+def main_eval(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    problem = _check_inputs(args)
+    if problem:
+        return _error(problem)
+
+    from ..checkpoint import load_for_inference
+    from ..distributed.env import cleanup, detect_env, init_distributed, select_device
+    from .retrieval import evaluate_retrieval
+    from .zeroshot import evaluate_zeroshot
+
+    denv = detect_env()
+    try:
+        device = select_device(args.device, denv)
+    except RuntimeError as e:
+        return _error(str(e).replace("train.device", "--device"))
+    init_distributed(denv, device)
+    try:
+        model, tokenizer, transform = load_for_inference(args.checkpoint, device=device)
+        common = dict(rank=denv.rank, world_size=denv.world_size, batch_size=args.batch_size,
+                      progress=not args.no_progress)
+        try:
+            if args.zeroshot:
+                result = evaluate_zeroshot(model, tokenizer, transform, args.zeroshot, device,
+                                           templates=args.templates, **common)
+            else:
+                result = evaluate_retrieval(model, tokenizer, transform, args.retrieval, device, **common)
+        except ValueError as e:
+            return _error(str(e).splitlines()[0])
+        result.update(_provenance(args.checkpoint))
+        result["world_size"] = denv.world_size
+        if denv.is_main:
+            _write_outputs(result, args)
+            print(json.dumps(result), flush=True)
+        return 0
+    finally:
+        cleanup()
+
+
+def _write_outputs(result: dict, args) -> None:
+    text = json.dumps(result, indent=1) + "\n"
+    targets = [Path(args.json)] if args.json else []
+    run_dir = Path(args.checkpoint)
+    if (run_dir / "config.yaml").is_file():  # a run directory: keep results with the run
+        targets.append(run_dir / "eval" / f"{result['dataset']}.json")
+    for path in targets:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        print(f"wrote {path}", file=sys.stderr)

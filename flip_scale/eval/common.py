@@ -1,0 +1,160 @@
+"""Pieces shared by zero-shot and retrieval evaluation: rank slices, lockstep batches, gathers,
+the progress line.
+
+Why lockstep: under FSDP every forward (encode_image / encode_text registered as forward
+methods) all-gathers parameters, a collective. If one rank ran one batch more than another,
+the job would hang. So every rank runs the same number of encoder calls: a rank whose slice
+is exhausted runs a throw-away batch of one while the others finish.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+import time
+from typing import Callable, Iterable, Iterator
+
+import torch
+import torch.distributed as dist
+from PIL import Image
+
+from ..data.eval_datasets import EvalDataset, open_eval_dataset
+
+
+def distributed(world_size: int) -> bool:
+    if world_size <= 1:
+        return False
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(f"world_size={world_size} but torch.distributed is not initialised")
+    return True
+
+
+def open_dataset(dataset_dir: str, transform_or_image_size) -> EvalDataset:
+    """EvalDataset with the model's own eval transform when one is given."""
+    if isinstance(transform_or_image_size, int):
+        return open_eval_dataset(dataset_dir, transform_or_image_size)
+    size = int(getattr(transform_or_image_size, "image_size", 224))
+    ds = open_eval_dataset(dataset_dir, size)
+    ds.transform = transform_or_image_size
+    return ds
+
+
+def iter_rank_slice(ds: EvalDataset, rank: int, world_size: int) -> Iterator[tuple[int, torch.Tensor, object]]:
+    """(global index, image, target) for samples i with i % world_size == rank.
+
+    Only this rank's images are decoded: the raw bytes of the others are skipped, which is
+    where the speed-up of a distributed evaluation comes from on CPU-bound decoding.
+    """
+    i = -1
+    for data, target in ds._raw():  # noqa: SLF001 - raw bytes let us skip other ranks' decodes
+        i += 1
+        if i % world_size != rank:
+            continue
+        try:
+            img = Image.open(io.BytesIO(data)).convert("RGB")
+        except Exception:  # noqa: BLE001 - like EvalDataset.__iter__: count and skip bad images
+            ds.skipped["bad_image"] += 1
+            continue
+        yield i, ds.transform(img), target
+
+
+def batched(items: Iterable, batch_size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def lockstep(batches: Iterator, world_size: int, device: torch.device) -> Iterator:
+    """Yield this rank's batches, then None while any other rank still has one (see module doc)."""
+    for batch in batches:
+        if distributed(world_size):
+            _any_left(True, device)
+        yield batch
+    if distributed(world_size):
+        while _any_left(False, device):
+            yield None
+
+
+def _any_left(mine: bool, device: torch.device) -> bool:
+    flag = torch.tensor([1.0 if mine else 0.0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item() > 0)
+
+
+def gather_rows(x: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Concatenate every rank's rows (row counts may differ), in rank order."""
+    if not distributed(world_size):
+        return x
+    n = torch.tensor([x.shape[0]], device=x.device)
+    counts = [torch.zeros_like(n) for _ in range(world_size)]
+    dist.all_gather(counts, n)
+    counts = [int(c.item()) for c in counts]
+    # all_gather needs equal shapes: pad to the longest, cut after.
+    pad = x.new_zeros((max(counts), *x.shape[1:]))
+    pad[: x.shape[0]] = x
+    out = [torch.zeros_like(pad) for _ in range(world_size)]
+    dist.all_gather(out, pad)
+    return torch.cat([o[:c] for o, c in zip(out, counts)])
+
+
+def all_reduce_sum(x: torch.Tensor, world_size: int) -> torch.Tensor:
+    if distributed(world_size):
+        dist.all_reduce(x)
+    return x
+
+
+class Progress:
+    """A one-line progress report on stderr (rank 0 only): in place on a terminal, else every 10 s."""
+
+    def __init__(self, label: str, enabled: bool, total: int | None = None):
+        self.label, self.enabled, self.total = label, enabled, total
+        self.done, self.start, self.last = 0, time.time(), 0.0
+        self.tty = enabled and sys.stderr.isatty()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.time()
+        if self.enabled and (self.tty or now - self.last >= 10.0):
+            self.last = now
+            self._write("\r" if self.tty else "", "" if self.tty else "\n")
+
+    def close(self) -> None:
+        if self.enabled:
+            self._write("\r" if self.tty else "", "\n")
+
+    def _write(self, head: str, tail: str) -> None:
+        rate = self.done / max(time.time() - self.start, 1e-9)
+        of = f"/{self.total}" if self.total else ""
+        sys.stderr.write(f"{head}{self.label}: {self.done}{of} ({rate:.1f}/s){tail}")
+        sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Eval mode (full images, no masking) and no autograd; the caller's mode is restored, so
+    the trainer can call evaluation between steps."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def encode_texts(model, tokenizer, texts: list[str], device, batch_size: int,
+                 on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Normalised text embeddings [len(texts), D] in fp32 (no lockstep: callers make counts equal)."""
+    out = []
+    for chunk in batched(texts, batch_size):
+        out.append(model.encode_text(tokenizer(chunk).to(device)).float())
+        if on_batch:
+            on_batch(len(chunk))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
