@@ -80,8 +80,9 @@ def test_resampled_is_seeded_and_endless(shard_dir):
     assert len(set(a.tolist())) < 120  # drawn with replacement: repeats occur
 
 
-def test_shard_resume_continues_with_the_same_batches(shard_dir):
-    cfg = _cfg(shard_dir, workers=2, shuffle_buffer=5)
+@pytest.mark.parametrize("resampled", [False, True])
+def test_shard_resume_continues_with_the_same_batches(shard_dir, resampled):
+    cfg = _cfg(shard_dir, workers=2, shuffle_buffer=5, resampled=resampled)
     ref = _take(_loader(cfg), 9)
     first = _loader(cfg)
     _take(first, 5)
@@ -157,3 +158,14 @@ def test_http_and_pipe_shards_with_a_dead_url(shard_dir, http_base):
     pipe = f"pipe:cat {shard_dir}/{{00000..00001}}.tar"
     loader = _loader(_cfg(pipe, epochs=1, drop_last=False), batch=4)
     assert sorted(i for b in loader for i in b["index"].tolist()) == list(range(18))
+
+
+def test_resume_with_another_layout_restarts_the_epoch(shard_dir):
+    loader = _loader(_cfg(shard_dir, workers=2))
+    _take(loader, 20)  # past the first epoch (60 samples) for at least one stream
+    sd = loader.state_dict()
+    other = _loader(_cfg(shard_dir, workers=1))
+    with pytest.warns(UserWarning, match="restarting shard streams"):
+        other.load_state_dict(sd)
+    assert len(_take(other, 2)) == 2
+    assert other.counters() == loader.counters()

@@ -50,3 +50,28 @@ def test_trained_tokenizer_round_trips_captions(tmp_path):
 def test_bad_spec_is_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no such file"):
         load_tokenizer(str(tmp_path / "nope.json"), 8)
+
+
+def test_prep_tokenizer_command_output_loads_as_data_tokenizer(tmp_path, capsys):
+    """`flip-scale prep tokenizer` end to end (through the package's command line)."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    write_synthetic_shards(str(tmp_path / "s"), 30, 10, seed=2, image_size=16)
+    out = tmp_path / "tok.json"
+    spec = str(tmp_path / "s" / "{00000..00002}.tar")
+    proc = subprocess.run([sys.executable, "-m", "flip_scale", "prep", "tokenizer", "--shards",
+                           spec, "--vocab-size", "150", "--output", str(out)], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    tok = load_tokenizer(str(out), 32)
+    for caption in ["a small cyan cross in the center", "at the bottom right, a large green star"]:
+        assert tok.decode(tok([caption])[0]) == caption
+    from flip_scale.data.prep_cli import main_prep
+
+    rc = main_prep(["tokenizer", "--shards", str(tmp_path / "none-{0..3}.tar"), "--vocab-size",
+                    "150", "--output", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "matches no shards" in err[0]
