@@ -58,3 +58,21 @@ def test_imagefolder_and_builder(tmp_path):
 def test_not_a_dataset(tmp_path):
     with pytest.raises(ValueError, match="neither"):
         open_eval_dataset(str(tmp_path), 16)
+
+
+def test_prep_commands_write_readable_sets(tmp_path):
+    from flip_scale.data.prep_cli import main_prep
+
+    assert main_prep(["synthetic", "--kind", "zeroshot", "--samples", "12", "--image-size", "24",
+                      "--output", str(tmp_path / "zs")]) == 0
+    assert open_eval_dataset(str(tmp_path / "zs"), 16).kind == "classification"
+    assert main_prep(["synthetic", "--kind", "train", "--samples", "12", "--samples-per-shard",
+                      "5", "--image-size", "24", "--output", str(tmp_path / "tr")]) == 0
+    assert sorted(p.name for p in (tmp_path / "tr").glob("*.tar")) == \
+        ["00000.tar", "00001.tar", "00002.tar"]
+    src = tmp_path / "folder" / "cls_a"
+    src.mkdir(parents=True)
+    synthetic.render_sample(0, 0, 20)[0].save(src / "0.jpg")
+    assert main_prep(["evalset", "--imagefolder", str(tmp_path / "folder"), "--output",
+                      str(tmp_path / "ev")]) == 0
+    assert open_eval_dataset(str(tmp_path / "ev"), 16).classnames == ["cls a"]
