@@ -1,0 +1,244 @@
+"""`flip-scale launch`: snapshot a run (resolved config + code) and submit it to Slurm.
+
+    flip-scale launch RECIPE [key=value ...] --template slurm/X.sh [--out DIR] [--tune TUNE_RECIPE]
+                      [--dry-run] [--sbatch-arg=ARG ...]
+    flip-scale launch --study DIR_OR_LIST [key=value ...] --template slurm/X.sh --out-root ROOT
+
+A launch makes the run directory self-contained, the way lingua's stool does: RUN/config.yaml is
+the resolved recipe the job trains (overrides applied; nothing in the job re-reads the recipe
+chain), RUN/code/ is a copy of flip_scale/, recipes/ and slurm/ (plus the git commit and diff), and
+the job runs that copy (FLIP_HOME=RUN/code), so later edits to the checkout do not change a
+queued or requeued run. The template is the ordinary slurm/*.sh; the launcher only sets
+FLIP_RECIPE / FLIP_OUT / FLIP_HOME and sbatch's --output / --job-name.
+
+--tune chains the unmasked-tuning recipe after the run with --dependency=afterok:JOBID and
+train.init_from = the run's directory. A study submits every row (one recipe per row, run
+directory ROOT/ROW) and skips rows that finished (summary.json) or still have a job in the queue.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SNAPSHOT_DIRS = ("flip_scale", "recipes", "slurm")
+SNAPSHOT_FILES = ("setup.py", "README.md")
+IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".pytest_cache")
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------ building blocks
+def snapshot_code(dest: Path, repo: Path = REPO) -> Path:
+    """Copy the working tree's code (uncommitted edits included) into dest/code; record git state."""
+    code = dest / "code"
+    tmp = dest / ".code.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for d in SNAPSHOT_DIRS:
+        if (repo / d).is_dir():
+            shutil.copytree(repo / d, tmp / d, ignore=IGNORE, symlinks=True)
+    for f in SNAPSHOT_FILES:
+        if (repo / f).is_file():
+            shutil.copy2(repo / f, tmp / f)
+    info = {"source": str(repo), "time": datetime.datetime.now().isoformat(timespec="seconds")}
+    git = shutil.which("git")
+    if git and (repo / ".git").exists():
+        def _git(*args):
+            r = subprocess.run([git, "-C", str(repo), *args], capture_output=True, text=True)
+            return r.stdout if r.returncode == 0 else ""
+        info["commit"] = _git("rev-parse", "HEAD").strip()
+        diff = _git("diff", "HEAD", "--", *SNAPSHOT_DIRS)
+        info["dirty"] = bool(diff.strip())
+        if diff.strip():
+            (tmp / "git.diff").write_text(diff)
+    (tmp / "SNAPSHOT.json").write_text(json.dumps(info, indent=1) + "\n")
+    # Swap in the new snapshot (a requeued job of an earlier launch reads code/ only at start).
+    if code.exists():
+        shutil.rmtree(code)
+    os.replace(tmp, code)
+    return code
+
+
+def resolve_template(template: str) -> Path:
+    for cand in (Path(template), REPO / template):
+        if cand.is_file():
+            return cand.resolve()
+    raise LaunchError(f"template {template} not found (relative to {Path.cwd()} or {REPO})")
+
+
+def _python_env() -> dict:
+    """Point the job at this interpreter when it lives in a virtualenv (shared filesystem)."""
+    if os.environ.get("FLIP_PYTHON") or os.environ.get("FLIP_VENV"):
+        return {}
+    if sys.prefix != sys.base_prefix:
+        return {"FLIP_PYTHON": sys.executable}
+    return {}
+
+
+def job_in_queue(job_id: int | str) -> str:
+    """The job's squeue state ('' when it has left the queue or squeue is unavailable)."""
+    try:
+        r = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True,
+                           timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return r.stdout.strip() if r.returncode == 0 else ""
+
+
+def _record(run_dir: Path, entry: dict) -> None:
+    path = run_dir / "launch.json"
+    history = json.loads(path.read_text()) if path.is_file() else []
+    history.append(entry)
+    path.write_text(json.dumps(history, indent=1) + "\n")
+
+
+def last_job_id(run_dir: Path):
+    path = run_dir / "launch.json"
+    if not path.is_file():
+        return None
+    try:
+        history = json.loads(path.read_text())
+        return history[-1].get("job_id") if history else None
+    except (ValueError, AttributeError):
+        return None
+
+
+def submit(recipe: str, overrides: list[str], template: Path, run_dir: Path | None, sbatch_args: list[str],
+           dry_run: bool, dependency: str | None = None, job_name: str | None = None) -> tuple[int | None, Path]:
+    """Resolve, snapshot and sbatch one run. Returns (job id or None for a dry run, run dir)."""
+    from .config import load_recipe, write_config
+
+    # Files the recipe names (data, tokenizer, init_from) need only exist where the job runs.
+    cfg = load_recipe(recipe, overrides, check_files=False)
+    run_dir = Path(run_dir if run_dir is not None else cfg.train.out_dir).resolve()
+    cfg.train.out_dir = str(run_dir)
+    name = job_name or f"flip-{run_dir.name}"
+    cmd = ["sbatch", "--parsable", f"--job-name={name}", f"--output={run_dir}/slurm-%j.out",
+           f"--error={run_dir}/slurm-%j.out"]
+    if dependency:
+        cmd.append(f"--dependency={dependency}")
+    cmd += list(sbatch_args)
+    env = {"FLIP_RECIPE": str(run_dir / "config.yaml"), "FLIP_OUT": str(run_dir),
+           "FLIP_HOME": str(run_dir / "code"), "FLIP_OVERRIDES": "", **_python_env()}
+    cmd.append(str(run_dir / "code" / "slurm" / template.name))
+    shown = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + shlex.join(cmd)
+    if dry_run:
+        print(f"[dry run] {shown}")
+        return None, run_dir
+    write_config(cfg, run_dir)
+    code = snapshot_code(run_dir)
+    if not (code / "slurm" / template.name).is_file():  # a template from outside the checkout
+        shutil.copy2(template, code / "slurm" / template.name)
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
+    if r.returncode != 0:
+        raise LaunchError(f"sbatch failed ({r.returncode}): {r.stderr.strip() or r.stdout.strip()}")
+    job_id = int(r.stdout.strip().split(";")[0])
+    _record(run_dir, {"job_id": job_id, "time": datetime.datetime.now().isoformat(timespec="seconds"),
+                      "recipe": str(recipe), "overrides": overrides, "template": str(template),
+                      "command": shown, "dependency": dependency})
+    print(f"submitted job {job_id}: {run_dir}")
+    return job_id, run_dir
+
+
+def study_rows(spec: str) -> list[Path]:
+    """A directory of row recipes (*.yaml, sorted) or a comma-separated list of recipe files."""
+    p = Path(spec)
+    if p.is_dir():
+        rows = sorted(q for q in p.glob("*.yaml") if not q.name.startswith(("base", "_")))
+    else:
+        rows = [Path(s) for s in spec.split(",") if s.strip()]
+    missing = [str(r) for r in rows if not r.is_file()]
+    if missing:
+        raise LaunchError(f"study rows not found: {', '.join(missing)}")
+    if not rows:
+        raise LaunchError(f"no study rows (*.yaml) in {spec}")
+    return rows
+
+
+def launch_study(spec: str, overrides: list[str], template: Path, out_root: Path, sbatch_args: list[str],
+                 dry_run: bool) -> dict:
+    """Submit every unfinished row; returns {row: job id | 'finished' | 'queued' | None (dry run)}."""
+    result = {}
+    for recipe in study_rows(spec):
+        row = recipe.stem
+        run_dir = (out_root / row).resolve()
+        if (run_dir / "summary.json").is_file():
+            print(f"skip {row}: finished")
+            result[row] = "finished"
+            continue
+        prev = last_job_id(run_dir)
+        state = job_in_queue(prev) if prev is not None else ""
+        if state:
+            print(f"skip {row}: job {prev} is {state}")
+            result[row] = "queued"
+            continue
+        result[row], _ = submit(str(recipe), overrides, template, run_dir, sbatch_args, dry_run,
+                                job_name=f"flip-{row}")
+    return result
+
+
+# ------------------------------------------------------------------ command line
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flip-scale launch",
+                                description="Snapshot config + code into the run directory and submit to Slurm.")
+    p.add_argument("recipe", nargs="?", help="recipe YAML (omit with --study)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides (applied to every row of a study)")
+    p.add_argument("--template", required=True, help="sbatch template, e.g. slurm/vitl16_laion400m.sh")
+    p.add_argument("--out", help="run directory (default: the recipe's train.out_dir)")
+    p.add_argument("--tune", metavar="TUNE_RECIPE",
+                   help="unmasked-tuning recipe chained after the run (afterok; init_from = the run dir)")
+    p.add_argument("--tune-out", help="tuning run directory (default: its recipe's out_dir, or OUT_tune with --out)")
+    p.add_argument("--tune-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="override for the tuning job only, repeatable (the run's overrides are not carried "
+                        "over: a pre-training change such as model.mask_ratio must not leak into tuning)")
+    p.add_argument("--study", metavar="DIR_OR_LIST", help="a directory of row recipes or a comma-separated list")
+    p.add_argument("--out-root", help="with --study: run directories are OUT_ROOT/ROW")
+    p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                   help="extra sbatch option, repeatable (e.g. --sbatch-arg=--nodes=8 --sbatch-arg=--account=X)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be submitted; write nothing")
+    return p
+
+
+def main_launch(argv: list[str]) -> int:
+    from .config import ConfigError
+
+    args = build_parser().parse_intermixed_args(argv)
+    try:
+        template = resolve_template(args.template)
+        if args.study:
+            if args.recipe:  # with --study every positional is an override
+                args.overrides.insert(0, args.recipe)
+            if not args.out_root:
+                raise LaunchError("--study needs --out-root (run directories are OUT_ROOT/ROW)")
+            if args.tune or args.out:
+                raise LaunchError("--tune and --out apply to a single run, not to --study")
+            launch_study(args.study, args.overrides, template, Path(args.out_root), args.sbatch_arg, args.dry_run)
+            return 0
+        if not args.recipe:
+            raise LaunchError("give a RECIPE or --study DIR_OR_LIST")
+        if "=" in args.recipe and not Path(args.recipe).is_file():
+            raise LaunchError(f"the first argument must be a recipe file, got {args.recipe!r}")
+        job_id, run_dir = submit(args.recipe, args.overrides, template, args.out, args.sbatch_arg, args.dry_run)
+        if args.tune:
+            tune_out = args.tune_out or (f"{run_dir}_tune" if args.out else None)
+            dep = f"afterok:{job_id}" if job_id is not None else "afterok:<JOBID>"
+            submit(args.tune, [*args.tune_override, f"train.init_from={run_dir}"], template, tune_out, args.sbatch_arg,
+                   args.dry_run, dependency=dep)
+    except (LaunchError, ConfigError, FileNotFoundError) as e:
+        print(f"flip-scale launch: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_launch(sys.argv[1:]))
