@@ -1,0 +1,37 @@
+"""GPUs the planner knows: memory and dense peak FLOP/s (FLIP_FACTS.md "Throughput anchors")."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..metrics import PEAK_FLOPS
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    name: str
+    memory_gb: float          # decimal GB as vendors quote them (80 GB = 80e9 bytes)
+    peak_flops: dict          # precision -> dense FLOP/s (no sparsity)
+
+    @property
+    def memory_bytes(self) -> float:
+        return self.memory_gb * 1e9
+
+
+# Same peaks as the MFU the trainer logs (metrics.PEAK_FLOPS), so a plan's MFU and a run's
+# measured MFU are the same quantity. fp32 runs use TF32 tensor cores (the trainer enables TF32).
+GPUS: dict[str, GpuSpec] = {
+    "h100": GpuSpec("H100 SXM 80GB", 80, PEAK_FLOPS["h100"]),
+    "h200": GpuSpec("H200 SXM 141GB", 141, PEAK_FLOPS["h200"]),
+    "a100": GpuSpec("A100 80GB", 80, PEAK_FLOPS["a100"]),
+    "a100-40gb": GpuSpec("A100 40GB", 40, PEAK_FLOPS["a100"]),
+}
+
+
+def get_gpu(name: str, memory_gb: float | None = None) -> GpuSpec:
+    key = name.lower()
+    if key not in GPUS:
+        raise ValueError(f"unknown GPU {name!r}; choose one of {', '.join(GPUS)}")
+    spec = GPUS[key]
+    if memory_gb is not None:  # e.g. `--gpu a100 --gpu-memory-gb 40`
+        spec = GpuSpec(f"{spec.name.rsplit(' ', 1)[0]} {memory_gb:g}GB", memory_gb, spec.peak_flops)
+    return spec

@@ -1,0 +1,243 @@
+"""Bytes per GPU: model states (partitioned by ZeRO stage / FSDP) plus activations.
+
+Model states follow the ZeRO paper's accounting (Rajbhandari et al. 2020, 16 bytes per
+parameter for mixed-precision Adam), adjusted to what our backends actually keep (see
+flip_scale/distributed/backends/*.py). Activations are derived per ViT block from the tensors
+autograd saves; tests/test_plan.py checks the derivation against the bytes torch really saves
+for the tiny model (torch.autograd.graph.saved_tensors_hooks), on the CPU.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+from ..models.masking import num_kept
+from ..models.sizes import ModelSize
+
+GB = 1e9
+
+# ---- model states -------------------------------------------------------------------------
+# Bytes per parameter: (working weights, gradients, fp32 master weights, AdamW moments m+v).
+# AdamW keeps both moments in fp32 (FLIP_FACTS.md "Pretraining recipe": "Moments in fp32").
+STATE_BYTES = {
+    # fp32 everywhere: the weights are their own master copy.
+    "fp32": (4, 4, 0, 8),
+    # single/ddp + bf16: autocast over fp32 weights; the bf16 weight copies live in autocast's
+    # cache during forward (counted below as working copies), grads are fp32.
+    ("bf16", "autocast"): (4, 4, 0, 8),
+    # DeepSpeed + bf16: bf16 working weights and grads, fp32 master + moments inside ZeRO
+    # (the ZeRO paper's 2 + 2 + 12 bytes).
+    ("bf16", "deepspeed"): (2, 2, 4, 8),
+    # FSDP2 + bf16 (MixedPrecisionPolicy param bf16, reduce fp32): the sharded fp32 parameters
+    # are the master weights, sharded grads are fp32; bf16 copies exist only while gathered.
+    ("bf16", "fsdp"): (4, 4, 0, 8),
+}
+# How many blocks FSDP holds gathered at once: the one computing plus one prefetched.
+FSDP_INFLIGHT_BLOCKS = 2
+# Which states each scheme partitions over the data-parallel ranks (ZeRO paper's stages).
+PARTITIONED = {
+    "none": (),
+    "zero1": ("master", "moments"),
+    "zero2": ("master", "moments", "grads"),
+    "zero3": ("master", "moments", "grads", "weights"),
+}
+# Usable share of the card: the CUDA context, NCCL buffers and allocator fragmentation take the
+# rest (PyTorch jobs usually hit OOM a few GB below the card's nominal size).
+USABLE_MEMORY_FRACTION = 0.90
+
+# ---- activations --------------------------------------------------------------------------
+# Saved tensors of one pre-norm ViT block (timm Block), per token, in multiples of the width d:
+#   norm1 input 1, qkv input 1, q/k/v (views of one qkv output) 3, attention output 1 (with a
+#   fused kernel its [B, N, H, hd] layout makes proj's input a view of it), norm2 input 1,
+#   fc1 input 1, GELU input r, fc2 input r   (r = MLP ratio 4)
+# = 8 + 2r = 16 d per token: Korthikanti et al. 2022's 34 bytes per token x width in 16 bits,
+# less their dropout masks. The two norm inputs are the residual stream.
+RESIDUAL_MULTIPLES = 2
+
+
+def compute_multiples(mlp_ratio: float) -> float:
+    return 6 + 2 * mlp_ratio
+
+
+# Per token and block, always fp32: LayerNorm mean + rstd for two norms; a fused (flash)
+# attention kernel also keeps one log-sum-exp per head. The unfused (math) kernel saves the
+# softmax output instead: heads x N x N per sample, the term flash attention removes.
+NORM_STAT_FLOATS = 4
+# Loss on a GPU (flip_scale/loss.py, fp32): per direction the log-softmax output, micro x global
+# (the scale multiplies the features before the matmul, so the logits themselves are not kept);
+# the features: this rank's rows and the same rows times the scale, for both towers, plus the
+# gathered batch of each tower (measured in tests/test_plan.py).
+LOSS_SAVED_MATRICES = 2
+# The backward of a block needs room for the gradients of its activations besides what is
+# saved; about one block's saved activations more.
+BACKWARD_WORKSPACE_BLOCKS = 1
+
+
+@dataclass(frozen=True)
+class ActivationDtypes:
+    residual: int  # bytes of residual-stream elements (norm inputs)
+    compute: int   # bytes of matmul / GELU inputs
+
+
+def activation_dtypes(precision: str, backend: str) -> ActivationDtypes:
+    if precision == "fp32":
+        return ActivationDtypes(4, 4)
+    if backend == "fsdp":
+        # FSDP's policy casts block inputs to bf16 and there is no autocast: all bf16 inside.
+        return ActivationDtypes(2, 2)
+    # Autocast runs LayerNorm in fp32 and the residual adds promote to fp32; matmuls are bf16.
+    return ActivationDtypes(4, 2)
+
+
+def block_bytes_per_sample(tokens: int, width: int, heads: int, mlp_ratio: float, dt: ActivationDtypes,
+                           flash_attention: bool = True) -> float:
+    """Bytes autograd keeps for one transformer block and one sample, without checkpointing."""
+    compute = compute_multiples(mlp_ratio)
+    per_token = RESIDUAL_MULTIPLES * width * dt.residual + NORM_STAT_FLOATS * 4
+    per_token += compute * width * dt.compute
+    if flash_attention:
+        return tokens * (per_token + heads * 4)
+    return tokens * per_token + heads * tokens * tokens * dt.compute
+
+
+def _tower_shapes(size: ModelSize, mask_ratio: float, text_length: int):
+    image_tokens = num_kept(size.num_patches, mask_ratio) + 1
+    return [(image_tokens, size.vision_width, size.vision_heads, size.vision_layers),
+            (text_length, size.text_width, size.text_heads, size.text_layers)]
+
+
+def activation_bytes_per_sample(size: ModelSize, mask_ratio: float, text_length: int, precision: str = "fp32",
+                                backend: str = "single", checkpointing: bool = False,
+                                flash_attention: bool = True) -> dict:
+    """Activation bytes of one training sample (both towers), split into parts.
+
+    With checkpointing each block keeps only its input (the residual stream) and one block at a
+    time is recomputed in full during backward ('recompute' is that one block, per sample).
+    """
+    dt = activation_dtypes(precision, backend)
+    blocks, recompute = 0.0, 0.0
+    for tokens, width, heads, layers in _tower_shapes(size, mask_ratio, text_length):
+        full = block_bytes_per_sample(tokens, width, heads, size.mlp_ratio, dt, flash_attention)
+        if checkpointing:
+            blocks += layers * tokens * width * dt.residual
+        else:
+            blocks += layers * full
+        recompute = max(recompute, full)
+    # Outside the blocks (measured on the tiny model): the pixels the patch embedding saves
+    # (cast to the compute dtype under bf16); when masking, the gather keeps the full patch
+    # sequence and the argsort ids; the final norms' inputs and stats; the text feature is a
+    # view of the whole normed sequence, which therefore stays; the pooled image feature,
+    # the two L2 normalisations; the token ids.
+    patches = size.num_patches
+    image_tokens = num_kept(patches, mask_ratio) + 1
+    dv, dtw = size.vision_width, size.text_width
+    masking = patches * dv * dt.compute + patches * 8 if mask_ratio > 0 else 0
+    stem = (3 * size.image_size ** 2 * dt.compute + masking
+            + image_tokens * dv * dt.residual + text_length * dtw * (dt.residual + dt.compute)
+            + (image_tokens + text_length) * 2 * 4
+            + dv * dt.compute + 4 * size.embed_dim * 4 + text_length * 8)
+    return {"blocks": blocks, "stem": stem, "recompute": recompute if checkpointing else 0.0,
+            "workspace": BACKWARD_WORKSPACE_BLOCKS * recompute,
+            "total": blocks + stem + (recompute if checkpointing else 0.0)}
+
+
+def loss_bytes(micro_batch: int, global_batch: int, embed_dim: int, gathered: bool = True) -> float:
+    """fp32 bytes the loss keeps: this rank's rows against the whole (gathered) batch, both ways.
+    gathered=False: one process, where the 'gathered' features are the local ones."""
+    features = 4 * micro_batch + (2 * global_batch if gathered else 0)
+    return LOSS_SAVED_MATRICES * micro_batch * global_batch * 4 + features * embed_dim * 4
+
+
+# ---- parameters ---------------------------------------------------------------------------
+@lru_cache(maxsize=None)
+def _param_counts_cached(size: ModelSize) -> dict:
+    import torch
+
+    from ..models.flip import FlipModel
+
+    # Built on the meta device: exact counts from the real module, no memory, no init cost.
+    with torch.device("meta"):
+        model = FlipModel(size)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    return {"total": count(model), "image": count(model.visual), "text": count(model.text),
+            "largest_block": max(count(b) for b in model.transformer_blocks()),
+            "outside_blocks": count(model) - sum(count(b) for b in model.transformer_blocks())}
+
+
+def param_counts(size: ModelSize) -> dict:
+    return dict(_param_counts_cached(size))
+
+
+# ---- the plan -----------------------------------------------------------------------------
+@dataclass
+class MemoryPlan:
+    scheme: str                 # none | zero1 | zero2 | zero3 (FSDP = zero3)
+    world_size: int
+    micro_batch: int
+    weights_gb: float
+    grads_gb: float
+    master_gb: float
+    moments_gb: float
+    working_copies_gb: float    # gathered bf16 blocks (FSDP/ZeRO-3) or autocast's weight cache
+    activations_gb: float
+    loss_gb: float
+    workspace_gb: float
+    total_gb: float
+    capacity_gb: float
+    usable_gb: float
+    fits: bool
+    max_micro_batch: int
+    activation_gb_per_sample: float
+    checkpointing: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def partition_scheme(backend: str, zero_stage: int | None) -> str:
+    if backend == "fsdp":
+        return "zero3"  # FSDP full sharding partitions weights, grads and optimizer state
+    if backend == "deepspeed":
+        return f"zero{zero_stage or 2}"  # the DeepSpeed backend's default stage is 2
+    return "none"
+
+
+def plan_memory(size: ModelSize, *, mask_ratio: float, text_length: int, precision: str, backend: str,
+                zero_stage: int | None, checkpointing: bool, world_size: int, global_batch: int,
+                capacity_gb: float, flash_attention: bool = True) -> MemoryPlan:
+    scheme = partition_scheme(backend, zero_stage)
+    counts = param_counts(size)
+    n = counts["total"]
+    if precision == "fp32":
+        w, g, m, mo = STATE_BYTES["fp32"]
+    else:
+        w, g, m, mo = STATE_BYTES[("bf16", backend if backend in ("deepspeed", "fsdp") else "autocast")]
+    split = PARTITIONED[scheme]
+    shard = lambda name, b: n * b / (world_size if name in split else 1) / GB  # noqa: E731
+    weights, grads, master, moments = shard("weights", w), shard("grads", g), shard("master", m), shard("moments", mo)
+    compute_bytes = 2 if precision == "bf16" else 4
+    if scheme == "zero3":
+        # Gathered copies of the blocks in flight (weights in the compute dtype, their fp32
+        # grads before reduce-scatter), plus the root (embeddings, norms, heads) kept gathered.
+        working = (FSDP_INFLIGHT_BLOCKS * counts["largest_block"] * (compute_bytes + 4)
+                   + counts["outside_blocks"] * compute_bytes) / GB
+    elif precision == "bf16" and backend not in ("deepspeed",):
+        working = n * 2 / GB  # autocast caches a bf16 copy of every weight during forward
+    else:
+        working = 0.0
+    act = activation_bytes_per_sample(size, mask_ratio, text_length, precision, backend, checkpointing,
+                                      flash_attention)
+    micro = global_batch // world_size
+    states = weights + grads + master + moments + working
+    gathered_features = loss_bytes(0, global_batch, size.embed_dim) / GB
+    loss_per_sample = loss_bytes(1, global_batch, size.embed_dim) - loss_bytes(0, global_batch, size.embed_dim)
+    per_sample = (act["total"] + act["workspace"] + loss_per_sample) / GB
+    activations = act["total"] * micro / GB
+    loss = loss_bytes(micro, global_batch, size.embed_dim) / GB
+    workspace = act["workspace"] * micro / GB
+    total = states + activations + loss + workspace
+    usable = capacity_gb * USABLE_MEMORY_FRACTION
+    max_micro = max(int((usable - states - gathered_features) // per_sample), 0)
+    return MemoryPlan(scheme, world_size, micro, weights, grads, master, moments, working, activations, loss,
+                      workspace, total, capacity_gb, usable, total <= usable, max_micro,
+                      act["total"] / GB, checkpointing)
