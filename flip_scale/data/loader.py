@@ -144,6 +144,21 @@ def sample_index(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=7).digest(), "big")
 
 
+def _interleave(iterators: list[Iterator]) -> Iterator:
+    """Round-robin over a chunk's shards: consecutive samples come from different shards, so a
+    shuffle buffer much smaller than a shard (1k vs LAION's 10k) still mixes several shards."""
+    active = list(iterators)
+    while active:
+        still = []
+        for it in active:
+            try:
+                yield next(it)
+                still.append(it)
+            except StopIteration:
+                pass
+        active = still
+
+
 def _shuffle(items: Iterator, bufsize: int, rng: np.random.Generator) -> Iterator:
     """Reservoir-style shuffle buffer that drains completely when the input ends."""
     if bufsize <= 1:
@@ -240,8 +255,9 @@ class _ShardStreams(IterableDataset):
         for epoch, chunk, urls in self.chunks(stream, epoch0, chunk0):
             replay = skip if (epoch, chunk) == (epoch0, chunk0) else 0
             rng = np.random.default_rng([self.seed, self.rank, stream, epoch, chunk, 0x5F])
-            raw = (s for url in urls for s in iter_tar_samples(
-                url, raw_counts, self.retries, self.retry_delay_s, self.timeout_s))
+            raw = _interleave([iter_tar_samples(url, raw_counts, self.retries,
+                                                self.retry_delay_s, self.timeout_s)
+                               for url in urls])
             produced = False
             for offset, sample in enumerate(_shuffle(raw, self.shuffle_buffer, rng)):
                 produced = True
