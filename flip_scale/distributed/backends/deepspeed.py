@@ -15,6 +15,7 @@ visible (DS_ACCELERATOR=cpu forces it) and reuses the gloo process group the tra
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -33,6 +34,17 @@ def _strip_wrappers(name: str) -> str:
     for prefix in _WRAPPER_PREFIXES:
         name = name.replace(prefix, "")
     return name
+
+
+def _forget_cached_groups() -> None:
+    """DeepSpeed caches process-group handles module-wide (deepspeed.utils.groups). A second
+    engine in the same Python process (tests; a notebook that pre-trains then tunes) after the
+    trainer destroyed the first group would reuse dead handles; they are rebuilt lazily."""
+    from deepspeed.utils import groups
+
+    for name, value in list(vars(groups).items()):
+        if name.startswith("_") and name.isupper() and name.endswith(("_GROUP", "_RANKS", "_WORLD_SIZE", "_RANK")):
+            setattr(groups, name, {} if isinstance(value, dict) else None)
 
 
 def deepspeed_config(cfg, world_size: int) -> dict:
@@ -74,6 +86,9 @@ class DeepSpeedBackend(Backend):
         import deepspeed
 
         ensure_process_group(self.device)  # DeepSpeed reuses an existing torch.distributed group
+        # DeepSpeed insists on LOCAL_RANK even when handed a ready group (a plain 1-process run).
+        os.environ.setdefault("LOCAL_RANK", str(self.denv.local_rank))
+        _forget_cached_groups()
         t = self.cfg.train
         if self.device.type == "cuda":
             from deepspeed.ops.adam import FusedAdam

@@ -1,0 +1,63 @@
+"""Run several training jobs in the SAME pair of real gloo processes (spawned once).
+
+Importing torch + DeepSpeed costs seconds per process on the 2-core CI machines, so the backend
+tests start two processes once and run their jobs one after another, each job in a fresh
+process group (own MASTER_PORT) exactly as torchrun would set it up (RANK/WORLD_SIZE/...).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+
+from conftest import free_port
+
+
+def metrics(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(run_dir) -> list[float]:
+    return [r["loss"] for r in metrics(run_dir)]
+
+
+def probe_inputs(image_size: int = 32, text_length: int = 16, n: int = 4):
+    g = torch.Generator().manual_seed(123)
+    return torch.rand(n, 3, image_size, image_size, generator=g), torch.randint(1, 60, (n, text_length), generator=g)
+
+
+def _worker(rank: int, world: int, jobs: list[dict]) -> None:
+    from flip_scale.config import load_recipe
+    from flip_scale.distributed.env import cleanup
+    from flip_scale.train.trainer import Trainer
+
+    torch.set_num_threads(1)
+    for job in jobs:
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(job["port"]))
+        trainer = Trainer(load_recipe(job["recipe"], job["overrides"]))
+        try:
+            trainer.setup()
+            trainer.train()
+            if job.get("probe"):
+                # Embeddings from the still-sharded model (encode_* are FSDP forward methods) and
+                # the gathered full state dict; both collective, so every rank runs them.
+                model = trainer.backend.model
+                model.eval()
+                images, tokens = probe_inputs()
+                with torch.no_grad():
+                    out = {"image": model.encode_image(images).cpu(), "text": model.encode_text(tokens).cpu(),
+                           "state_dict": trainer.backend.full_state_dict()}
+                if rank == 0:
+                    torch.save(out, job["probe"])
+        finally:
+            cleanup()
+
+
+def run_jobs(jobs: list[dict], world: int = 2) -> None:
+    """jobs: {"recipe": path, "overrides": [...], "probe": optional output .pt}; ports are added."""
+    jobs = [{**job, "port": free_port()} for job in jobs]
+    mp.start_processes(_worker, args=(world, jobs), nprocs=world, start_method="spawn")
