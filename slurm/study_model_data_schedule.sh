@@ -18,8 +18,7 @@
 #SBATCH --signal=B:USR1@120
 #SBATCH --requeue
 #SBATCH --open-mode=append
-#SBATCH --output=%x-%j.out
-#SBATCH --error=%x-%j.out
+#SBATCH --output=%x-%j.out            # stdout and stderr of the shell and every task
 
 # Network settings a cluster may need (uncomment and adapt; `ibv_devinfo`, `ip -br addr`):
 # export NCCL_SOCKET_IFNAME=ib0          # interface for NCCL's bootstrap/socket traffic (not lo/docker)
