@@ -29,6 +29,25 @@ def probe_inputs(image_size: int = 32, text_length: int = 16, n: int = 4):
     return torch.rand(n, 3, image_size, image_size, generator=g), torch.randint(1, 60, (n, text_length), generator=g)
 
 
+def truncate_run(src, dst, step: int) -> None:
+    """dst = src as if the run had been killed right after its checkpoint at `step`: later
+    checkpoints, metrics and the summary gone, the `latest` pointer back at `step`."""
+    import shutil
+
+    from flip_scale.checkpoint import step_name
+
+    src, dst = Path(src), Path(dst)
+    shutil.copytree(src, dst)
+    for ckpt in (dst / "checkpoints").glob("step_*"):
+        if int(ckpt.name.split("_")[1]) > step:
+            shutil.rmtree(ckpt)
+    (dst / "checkpoints" / "latest").write_text(step_name(step))
+    kept = [line for line in (dst / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= step]
+    (dst / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+    (dst / "summary.json").unlink(missing_ok=True)
+    shutil.rmtree(dst / "tb", ignore_errors=True)
+
+
 def _worker(rank: int, world: int, jobs: list[dict]) -> None:
     from flip_scale.config import load_recipe
     from flip_scale.distributed.env import cleanup
@@ -38,6 +57,9 @@ def _worker(rank: int, world: int, jobs: list[dict]) -> None:
     for job in jobs:
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(job["port"]))
+        if rank == 0 and job.get("truncate"):
+            # Before joining the group: the other rank waits in the rendezvous meanwhile.
+            truncate_run(*job["truncate"])
         trainer = Trainer(load_recipe(job["recipe"], job["overrides"]))
         try:
             trainer.setup()
@@ -58,6 +80,7 @@ def _worker(rank: int, world: int, jobs: list[dict]) -> None:
 
 
 def run_jobs(jobs: list[dict], world: int = 2) -> None:
-    """jobs: {"recipe": path, "overrides": [...], "probe": optional output .pt}; ports are added."""
+    """jobs: {"recipe": path, "overrides": [...], "probe": optional output .pt,
+    "truncate": optional (src, dst, step) done by rank 0 first}; ports are added."""
     jobs = [{**job, "port": free_port()} for job in jobs]
     mp.start_processes(_worker, args=(world, jobs), nprocs=world, start_method="spawn")
