@@ -174,3 +174,15 @@ def test_bad_input_fails_in_one_line(trained, tmp_path, capsys):
     assert "no complete checkpoint" in capsys.readouterr().err
     assert main_eval([str(trained["run"]), "--zeroshot", trained["ret"], "--device", "cpu"]) == 2
     assert "not a classification set" in capsys.readouterr().err
+    assert main_eval([str(trained["run"]), "--zeroshot", trained["zs"], "--mask-ratio", "1.5"]) == 2
+    assert "--mask-ratio must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_masked_inference_is_an_option(trained):
+    """Table 1d's ablation: masking at inference changes the embeddings (FLIP evaluates unmasked)."""
+    model, tokenizer, transform = flip_scale.load_checkpoint(trained["run"])
+    torch.manual_seed(0)
+    full = evaluate_zeroshot(model, tokenizer, transform, trained["zs_odd"], "cpu")
+    masked = evaluate_zeroshot(model, tokenizer, transform, trained["zs_odd"], "cpu", image_mask_ratio=0.75)
+    assert full == evaluate_zeroshot(model, tokenizer, transform, trained["zs_odd"], "cpu")  # deterministic
+    assert masked != full

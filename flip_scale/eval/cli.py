@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: the dataset's templates file, else the 7")
     p.add_argument("--batch-size", type=int, default=256, help="images (and texts) per encoder call per rank")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--mask-ratio", type=float, default=None,
+                   help="mask this fraction of image patches at inference (Table 1d ablation); "
+                        "default: the run's model.eval_mask_ratio (0 = full image, FLIP's way)")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     return p
 
@@ -42,6 +45,8 @@ def _check_inputs(args) -> str | None:
     data = args.zeroshot or args.retrieval
     if not os.path.isdir(data):
         return f"dataset directory {data!r} does not exist"
+    if args.mask_ratio is not None and not 0.0 <= args.mask_ratio < 1.0:
+        return f"--mask-ratio must be in [0, 1), got {args.mask_ratio}"
     if args.batch_size <= 0:
         return f"--batch-size must be positive, got {args.batch_size}"
     if args.templates not in (None, "7", "80") and not os.path.isfile(args.templates):
@@ -51,6 +56,18 @@ def _check_inputs(args) -> str | None:
     except FileNotFoundError as e:
         return str(e)
     return None
+
+
+def _mask_ratio(args) -> float:
+    if args.mask_ratio is not None:
+        return args.mask_ratio
+    import yaml
+
+    from ..checkpoint import resolve_checkpoint
+
+    config = resolve_checkpoint(args.checkpoint).parent.parent / "config.yaml"
+    data = yaml.safe_load(config.read_text()) if config.is_file() else {}
+    return float((data.get("model") or {}).get("eval_mask_ratio", 0.0) or 0.0)
 
 
 def _provenance(path: str) -> dict:
@@ -68,6 +85,8 @@ def main_eval(argv: list[str]) -> int:
     if problem:
         return _error(problem)
 
+    import torch
+
     from ..checkpoint import load_for_inference
     from ..distributed.env import cleanup, detect_env, init_distributed, select_device
     from .retrieval import evaluate_retrieval
@@ -81,8 +100,10 @@ def main_eval(argv: list[str]) -> int:
     init_distributed(denv, device)
     try:
         model, tokenizer, transform = load_for_inference(args.checkpoint, device=device)
+        mask = _mask_ratio(args)
+        torch.manual_seed(0)  # masks at inference (if any) are drawn from torch's global RNG
         common = dict(rank=denv.rank, world_size=denv.world_size, batch_size=args.batch_size,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, image_mask_ratio=mask)
         try:
             if args.zeroshot:
                 result = evaluate_zeroshot(model, tokenizer, transform, args.zeroshot, device,
@@ -92,6 +113,8 @@ def main_eval(argv: list[str]) -> int:
         except ValueError as e:
             return _error(str(e).splitlines()[0])
         result.update(_provenance(args.checkpoint))
+        if mask:
+            result["image_mask_ratio"] = mask
         result["world_size"] = denv.world_size
         if denv.is_main:
             _write_outputs(result, args)

@@ -158,3 +158,9 @@ def encode_texts(model, tokenizer, texts: list[str], device, batch_size: int,
     return torch.cat(out) if out else torch.zeros(0)
 
 
+
+
+def encode_images(model, images: torch.Tensor, mask_ratio: float = 0.0) -> torch.Tensor:
+    """Normalised image embeddings; unmasked unless mask_ratio > 0 (Table 1d's ablation)."""
+    # Pass the ratio only when masking, so any encode_image(images) (e.g. a wrapper's) works.
+    return model.encode_image(images, mask_ratio=mask_ratio) if mask_ratio > 0 else model.encode_image(images)

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from ..data.eval_datasets import resolve_templates
-from .common import (Progress, all_reduce_sum, batched, distributed, encode_texts, eval_mode, gather_rows,
-                     iter_rank_slice, lockstep, open_dataset)
+from .common import (Progress, all_reduce_sum, batched, distributed, encode_images, encode_texts, eval_mode,
+                     gather_rows, iter_rank_slice, lockstep, open_dataset)
 
 # `--templates 7|80` names OpenAI's ImageNet template sets (FLIP reported the 7).
 TEMPLATE_SETS = {"7": "openai7", "80": "openai80"}
@@ -49,7 +49,7 @@ def class_embeddings(model, tokenizer, classnames: list[str], templates: list[st
 
 def evaluate_zeroshot(model, tokenizer, transform_or_image_size, dataset_dir: str, device, *, rank: int = 0,
                       world_size: int = 1, batch_size: int = 256, progress: bool = False,
-                      templates: str | list[str] | None = None) -> dict:
+                      templates: str | list[str] | None = None, image_mask_ratio: float = 0.0) -> dict:
     """Zero-shot top-1/top-5/mean per-class recall of `model` on a classification set.
 
     model: a FlipModel, or one wrapped by a backend (FSDP2 with encode_image/encode_text
@@ -58,6 +58,7 @@ def evaluate_zeroshot(model, tokenizer, transform_or_image_size, dataset_dir: st
     transform_or_image_size: the eval transform from load_checkpoint, or the image size.
     templates: None = the dataset's templates file (else OpenAI's 7); '7' / '80' = OpenAI's
         ImageNet sets; a path to a template file; or a list of template strings.
+    image_mask_ratio: 0 = full images (FLIP); > 0 masks images at inference (Table 1d ablation).
     Returns {"dataset", "acc1", "acc5", "mean_per_class_recall", "n"} (CLIP_benchmark names).
     """
     device = torch.device(device)
@@ -82,13 +83,13 @@ def evaluate_zeroshot(model, tokenizer, transform_or_image_size, dataset_dir: st
         bar = Progress("images", progress and rank == 0)
         for batch in lockstep(batched(iter_rank_slice(ds, rank, world_size), batch_size), world_size, device):
             if batch is None:  # this rank is done; keep FSDP's collectives in step with the others
-                model.encode_image(torch.zeros(1, 3, size, size, device=device))
+                encode_images(model, torch.zeros(1, 3, size, size, device=device), image_mask_ratio)
                 continue
             images = torch.stack([b[1] for b in batch]).to(device)
             labels = torch.tensor([b[2] for b in batch], device=device)
             if int(labels.max()) >= C or int(labels.min()) < 0:
                 raise ValueError(f"{dataset_dir}: label {int(labels.max())} outside the {C} class names")
-            logits = model.encode_image(images).float() @ classifier.T
+            logits = encode_images(model, images, image_mask_ratio).float() @ classifier.T
             topk = logits.topk(k, dim=1).indices
             hit1 = topk[:, 0] == labels
             counts += torch.stack([torch.tensor(float(len(batch)), device=device), hit1.sum().double(),
@@ -105,3 +106,4 @@ def evaluate_zeroshot(model, tokenizer, transform_or_image_size, dataset_dir: st
     mpcr = float((class_hits[present] / class_total[present]).mean()) if present.any() else 0.0
     return {"dataset": ds.name, "acc1": hits1 / max(n, 1), "acc5": hitsk / max(n, 1),
             "mean_per_class_recall": mpcr, "n": int(n)}
+
