@@ -1,0 +1,80 @@
+"""Tables as (headers, rows) of strings: per-run throughput and cost, and Table 8 with the
+paper's numbers beside ours. Rendering to Markdown/HTML lives in render.py."""
+from __future__ import annotations
+
+from .grouping import fmt_value
+from .paper import DATASET_COLUMNS, TABLE_8, TABLE_8_COLUMNS
+from .runs import Run
+
+DASH = "-"
+
+
+def _num(v, fmt: str) -> str:
+    return DASH if v is None else format(v, fmt)
+
+
+def _acc(run: Run) -> str:
+    pts = run.accuracy_points()
+    if not pts:
+        return DASH
+    return ", ".join(f"{d} {p[-1][1]:.1f}" for d, p in sorted(pts.items()))
+
+
+RUN_HEADERS = ["run", "model", "data", "mask", "batch", "samples seen", "status", "final loss", "zero-shot top-1",
+               "samples/s", "samples/s/GPU", "GPUs", "wall h", "GPU-hours", "train FLOPs", "MFU"]
+
+
+def runs_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
+    rows = []
+    for r in runs:
+        sps = r.samples_per_sec
+        status = "done" if r.finished else f"running ({r.samples_seen / max(r.samples, 1):.0%})"
+        rows.append([
+            r.name, r.model, r.data, fmt_value("mask", r.mask_ratio), fmt_value("batch", r.batch),
+            f"{fmt_value('samples', r.samples_seen)} / {fmt_value('samples', r.samples)}", status,
+            _num(r.final_loss, ".4f"), _acc(r), _num(sps, ",.1f"),
+            _num(sps / r.world_size if sps else None, ",.1f"), str(r.world_size), f"{r.total_wall_hours:.3f}",
+            f"{r.total_gpu_hours:.3f}", f"{r.samples_seen * r.train_flops_per_sample:.3g}",
+            _num(100 * r.mfu if r.mfu is not None else None, ".1f") + ("%" if r.mfu is not None else ""),
+        ])
+    return RUN_HEADERS, rows
+
+
+def our_table_8_values(run: Run) -> dict[str, float | None]:
+    """Our numbers in Table 8's columns (percent), from the run's eval/*.json files."""
+    out = {}
+    for col, (names, key) in DATASET_COLUMNS.items():
+        hit = next((run.evals[d] for d in run.evals if d.lower() in names and key in run.evals[d]), None)
+        out[col] = 100 * float(hit[key]) if hit else None
+    return out
+
+
+def _matches(run: Run, case: dict) -> bool:
+    return (run.model == case["model"] and run.data == case["data"] and run.samples == case["samples"]
+            and abs(run.mask_ratio - 0.5) < 1e-9)
+
+
+TABLE_8_HEADERS = ["case", "model", "data", "samples", "run"] + [
+    f"{c} paper / ours" for c in ("IN-1k", "Flickr I->T", "COCO I->T", "Flickr T->I", "COCO T->I")]
+
+
+def table_8(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
+    """The paper's six cases with our matching run beside each (same model, data, schedule,
+    50% mask); runs matching no case follow with the paper's columns empty."""
+    rows, used = [], set()
+    for case in TABLE_8:
+        match = next((r for r in runs if _matches(r, case) and r.finished), None) or \
+            next((r for r in runs if _matches(r, case)), None)
+        ours = our_table_8_values(match) if match else {}
+        if match:
+            used.add(id(match))
+        rows.append([case["case"], case["model"], case["data"], fmt_value("samples", case["samples"]),
+                     match.name if match else DASH]
+                    + [f"{case[c]:.1f} / {_num(ours.get(c), '.1f')}" for c in TABLE_8_COLUMNS])
+    for r in runs:
+        if id(r) in used:
+            continue
+        ours = our_table_8_values(r)
+        rows.append([f"(ours) {r.name}", r.model, r.data, fmt_value("samples", r.samples), r.name]
+                    + [f"{DASH} / {_num(ours.get(c), '.1f')}" for c in TABLE_8_COLUMNS])
+    return TABLE_8_HEADERS, rows
