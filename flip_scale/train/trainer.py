@@ -166,6 +166,24 @@ class Trainer:
         a, b = flags.tolist()
         return a > 0, b > 0
 
+    def evaluate(self) -> dict:
+        """Zero-shot on eval.zeroshot (every rank takes a slice); logged against samples seen."""
+        from ..eval import evaluate_zeroshot
+
+        cfg = self.cfg
+        # backend.model: the (possibly FSDP-sharded) FlipModel, whose encode_* methods are callable.
+        result = evaluate_zeroshot(self.backend.model, self.tokenizer, cfg.data.image_size, cfg.eval.zeroshot,
+                                   self.device, rank=self.denv.rank, world_size=self.denv.world_size,
+                                   image_mask_ratio=cfg.model.eval_mask_ratio)
+        name = result.get("dataset", "zeroshot")
+        record = {"step": self.step, "samples_seen": self.samples_seen}
+        record.update({f"eval/{name}/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
+        self.metrics.log(record)
+        self._say(f"eval {name} at step {self.step}: acc1 {result.get('acc1', float('nan')):.4f} "
+                  f"acc5 {result.get('acc5', float('nan')):.4f}")
+        self.evals[name] = {**result, "step": self.step, "samples_seen": self.samples_seen}
+        return result
+
     def train(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
         total_steps = cfg.total_steps
@@ -184,6 +202,7 @@ class Trainer:
         last_loss = float("nan")
         first_logged_loss = None
         it = iter(self.loader)
+        self.evals = {}
         self._say(f"training {cfg.model.name} ({cfg.parallel.backend}, {self.denv.world_size} process(es), "
                   f"{self.device.type}) for {total_steps} steps of {G} samples, mask {cfg.model.mask_ratio}")
         try:
@@ -254,6 +273,9 @@ class Trainer:
                               f"loss {mean_loss:.4f}  lr {lr:.2e}  {sps:.1f} samples/s  ETA {_fmt_time(eta)}")
                     loss_sum.zero_()
                     loss_count, data_time, window_start = 0, 0.0, time.time()
+                if cfg.eval.zeroshot and ((cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0)
+                                          or last_step):
+                    self.evaluate()
                 every = cfg.checkpoint.every_steps
                 if (every and self.step % every == 0) or last_step or stop:
                     self.save()
@@ -277,9 +299,12 @@ class Trainer:
             "first_logged_loss": first_logged_loss, "world_size": self.denv.world_size,
             "backend": cfg.parallel.backend, "model": cfg.model.name, "mask_ratio": cfg.model.mask_ratio,
             "global_batch_size": G, "nonfinite_loss_steps": nonfinite_steps,
-            "skipped": dict(getattr(self.loader, "counters", lambda: {})()), "evals": {},
+            "skipped": dict(getattr(self.loader, "counters", lambda: {})()), "evals": self.evals,
         }
         if self.denv.is_main:
+            for name, result in self.evals.items():
+                (self.run_dir / "eval").mkdir(exist_ok=True)
+                (self.run_dir / "eval" / f"{name}.json").write_text(json.dumps(result, indent=1))
             tmp = self.run_dir / "summary.json.tmp"
             tmp.write_text(json.dumps(summary, indent=1))
             os.replace(tmp, self.run_dir / "summary.json")
