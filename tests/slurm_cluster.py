@@ -378,7 +378,8 @@ class SlurmCluster:
 
     def _start_daemons(self) -> None:
         env = self.env
-        self._spawn("slurmctld", ["slurmctld", "-D", "-i", "-f", str(self.conf)], env=env)
+        # -c: start from an empty queue (a job left from an earlier, interrupted session must not run).
+        self._spawn("slurmctld", ["slurmctld", "-D", "-c", "-f", str(self.conf)], env=env)
         for k, node in enumerate(self.nodes, start=1):
             slurmd = f"exec slurmd -D -N {node} -f {self.conf}"
             if self.mode == "netns":
