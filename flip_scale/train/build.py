@@ -55,12 +55,16 @@ def adapt_weights(state_dict: dict, model: FlipModel) -> dict:
     from timm.layers import resample_patch_embed
 
     own = model.state_dict()
+    shapes = {key: value.shape for key, value in own.items()}
+    for name, param in model.named_parameters():
+        if hasattr(param, "ds_shape"):  # DeepSpeed ZeRO-3 empties partitioned tensors; ds_shape is the real one
+            shapes[name.replace("_checkpoint_wrapped_module.", "")] = param.ds_shape
     out = {}
     for key, value in state_dict.items():
         if key.endswith("pos_embed") and key in own and key.startswith(("visual.", "decoder.")):
             continue
-        if key == "visual.patch_embed.proj.weight" and key in own and value.shape != own[key].shape:
-            value = resample_patch_embed(value.float(), list(own[key].shape[-2:])).to(value.dtype)
+        if key == "visual.patch_embed.proj.weight" and key in own and value.shape != shapes[key]:
+            value = resample_patch_embed(value.float(), list(shapes[key][-2:])).to(value.dtype)
         out[key] = value
     for key in own:
         if key not in out and key.endswith("pos_embed") and key.startswith(("visual.", "decoder.")):

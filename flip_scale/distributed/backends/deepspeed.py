@@ -191,7 +191,7 @@ class DeepSpeedBackend(Backend):
 
         params = self._named_params()
         buffers = {_strip_wrappers(n): b for n, b in self.model.named_buffers()}
-        missing = sorted(set(params) | set(buffers) - set(state_dict))
+        missing = sorted((set(params) | set(buffers)) - set(state_dict))
         unexpected = sorted(set(state_dict) - set(params) - set(buffers))
         if missing or unexpected:
             raise ValueError(f"init_from weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
