@@ -160,11 +160,12 @@ def test_http_and_pipe_shards_with_a_dead_url(shard_dir, http_base):
     assert sorted(i for b in loader for i in b["index"].tolist()) == list(range(18))
 
 
-def test_resume_with_another_layout_restarts_the_epoch(shard_dir):
-    loader = _loader(_cfg(shard_dir, workers=2))
+@pytest.mark.parametrize("resampled", [False, True])
+def test_resume_with_another_layout_restarts_the_epoch(shard_dir, resampled):
+    loader = _loader(_cfg(shard_dir, workers=2, resampled=resampled))
     _take(loader, 20)  # past the first epoch (60 samples) for at least one stream
     sd = loader.state_dict()
-    other = _loader(_cfg(shard_dir, workers=1))
+    other = _loader(_cfg(shard_dir, workers=1, resampled=resampled))
     with pytest.warns(UserWarning, match="restarting shard streams"):
         other.load_state_dict(sd)
     assert len(_take(other, 2)) == 2

@@ -425,14 +425,22 @@ class TrainLoader:
         if same:
             self.positions, self.batches = positions, int(sd["batches"])
             return
-        # Another layout deals shards differently, so exact positions cannot carry over;
-        # restart at the start of the least advanced epoch seen (no sample lost, some repeated).
-        epoch = min((p[0] for p in positions.values()), default=0)
+        # Another layout deals shards differently, so exact positions cannot carry over.
+        # Exact epochs: restart at the start of the least advanced epoch seen (no sample lost,
+        # some repeated). Resampled: continue with chunk numbers never drawn before, so the
+        # resumed streams do not replay the draws the run started with.
+        self.batches = 0
+        if self.resampled:
+            chunk = max((p[1] for p in positions.values()), default=-1) + 1
+            self.positions = {s: (0, chunk, 0) for s in range(self.num_streams)}
+            where = f"fresh shard draws (chunk {chunk})"
+        else:
+            epoch = min((p[0] for p in positions.values()), default=0)
+            self.positions = {s: (epoch, 0, 0) for s in range(self.num_streams)}
+            where = f"the start of epoch {epoch}"
         warnings.warn(f"loader state saved with rank/world/workers {sd['rank']}/{sd['world_size']}/"
                       f"{sd['num_streams']}, now {self.rank}/{self.world_size}/{self.num_streams}: "
-                      f"restarting shard streams at the start of epoch {epoch}")
-        self.positions = {s: (epoch, 0, 0) for s in range(self.num_streams)}
-        self.batches = 0
+                      f"restarting shard streams at {where}")
 
 
 def build_train_loader(data_cfg, *, text_length: int, global_batch_size: int, seed: int,
