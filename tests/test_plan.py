@@ -9,7 +9,7 @@ import torch
 from flip_scale.distributed.backends.base import apply_activation_checkpointing
 from flip_scale.loss import clip_loss
 from flip_scale.models import create_model, get_size
-from flip_scale.plan import load_plan_config, make_plan
+from flip_scale.plan import load_plan_config, main_plan, make_plan
 from flip_scale.planning import paper
 from flip_scale.planning.memory import activation_bytes_per_sample, loss_bytes, param_counts
 
@@ -150,7 +150,7 @@ def test_loss_memory_model_matches_torch():
     assert loss_bytes(batch, batch, size.embed_dim, gathered=False) == pytest.approx(measured, rel=0.02)
 
 
-def test_cli_text_and_json(tmp_path):
+def test_cli_text_and_json(tmp_path, capsys):
     recipe = paper_recipe(tmp_path, "vit_l16")
     r = subprocess.run(cli("plan", recipe, "--nodes", 32, "--gpus-per-node", 8, "--gpu", "h100", "--paper"),
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
@@ -164,6 +164,6 @@ def test_cli_text_and_json(tmp_path):
     assert plan["model"] == "vit_h14" and plan["mfu"] == 0.3 and plan["world_size"] == 256
     assert plan["memory"]["checkpointing"]["micro_batch"] == 256
     # Bad input: a world size that does not divide the batch is one clear line, non-zero.
-    r = subprocess.run(cli("plan", recipe, "--nodes", 3, "--gpus-per-node", 7, "--gpu", "h100"),
-                       capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert r.returncode == 2 and "global_batch_size" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert main_plan([str(recipe), "--nodes", "3", "--gpus-per-node", "7", "--gpu", "h100"]) == 2
+    err = capsys.readouterr().err
+    assert "global_batch_size" in err and len(err.strip().splitlines()) == 1
