@@ -16,6 +16,7 @@ visible (DS_ACCELERATOR=cpu forces it) and reuses the gloo process group the tra
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -90,12 +91,19 @@ class DeepSpeedBackend(Backend):
         os.environ.setdefault("LOCAL_RANK", str(self.denv.local_rank))
         _forget_cached_groups()
         t = self.cfg.train
+        optimizer = None
         if self.device.type == "cuda":
-            from deepspeed.ops.adam import FusedAdam
+            try:
+                from deepspeed.ops.adam import FusedAdam
 
-            optimizer = FusedAdam(groups, lr=0.0, betas=(t.beta1, t.beta2), eps=t.eps, adam_w_mode=True)
-        else:
-            optimizer = torch.optim.AdamW(groups, lr=0.0, betas=(t.beta1, t.beta2), eps=t.eps, foreach=True)
+                optimizer = FusedAdam(groups, lr=0.0, betas=(t.beta1, t.beta2), eps=t.eps, adam_w_mode=True)
+            except Exception as err:  # noqa: BLE001 - its CUDA op is JIT-built; no toolkit, no FusedAdam
+                print(f"DeepSpeed FusedAdam unavailable ({type(err).__name__}: {err}); using torch's fused AdamW",
+                      file=sys.stderr)
+        if optimizer is None:
+            fused = self.device.type == "cuda"
+            optimizer = torch.optim.AdamW(groups, lr=0.0, betas=(t.beta1, t.beta2), eps=t.eps, fused=fused,
+                                          foreach=None if fused else True)
         config = deepspeed_config(self.cfg, dist.get_world_size())
         config = {k: v for k, v in config.items() if v is not None}
         engine, ds_optimizer, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer, config=config,

@@ -1,0 +1,105 @@
+"""One engine measurement: the trainer's step (forward, contrastive loss, backward, clip, step,
+clamp) through a Backend on ONE process, on a fixed batch already on the device.
+
+The data loader is left out on purpose: this measures the engine (backend, precision, compile,
+masking), not data decoding (bench_loader.py covers that; the synthetic generator is far slower
+than a GPU at 224 px and would hide everything). Prints one JSON line:
+    python bench/engine_loop.py --steps 30 --warmup 5 model.name=tiny parallel.backend=fsdp
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from flip_scale.config import load_recipe  # noqa: E402
+from flip_scale.distributed.backends import get_backend_class  # noqa: E402
+from flip_scale.distributed.env import DistEnv, cleanup, select_device  # noqa: E402
+from flip_scale.loss import clip_loss  # noqa: E402
+from flip_scale.metrics import device_peak_flops  # noqa: E402
+from flip_scale.models import train_flops_per_sample  # noqa: E402
+from flip_scale.train.build import build_model_from_config  # noqa: E402
+
+TINY = Path(__file__).resolve().parent.parent / "recipes" / "test" / "tiny.yaml"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(overrides: list[str], steps: int, warmup: int) -> dict:
+    cfg = load_recipe(TINY, overrides)
+    denv = DistEnv()
+    device = select_device(cfg.train.device, denv)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(cfg.train.seed)
+    model = build_model_from_config(cfg)
+    n_patches = model.visual.num_patches
+    backend = get_backend_class(cfg.parallel.backend)(cfg, denv, device)
+    backend.parallelize(model)
+    B, S, L = cfg.train.global_batch_size, cfg.data.image_size, cfg.model.text_length
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(B, 3, S, S, generator=g).to(device)
+    tokens = torch.randint(1, model.size.vocab_size, (B, L), generator=g).to(device)
+    noise = torch.rand(B, n_patches, generator=g).to(device) if cfg.model.mask_ratio > 0 else None
+    module = backend.module
+    module.train()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def one_step():
+        with backend.autocast():
+            fi, ft, scale = module(images, tokens, noise)
+        loss = clip_loss(fi, ft, scale)
+        backend.backward(loss)
+        backend.step(1e-5)
+        backend.clamp_logit_scale()
+        return loss
+
+    t0 = time.perf_counter()
+    for _ in range(warmup):  # includes compilation and first allocations
+        one_step()
+    _sync(device)
+    t1 = time.perf_counter()
+    for _ in range(steps):
+        loss = one_step()
+    final_loss = float(loss)  # also synchronises
+    _sync(device)
+    t2 = time.perf_counter()
+    sps = steps * B / (t2 - t1)
+    peak = device_peak_flops(device, cfg.parallel.precision)
+    flops = train_flops_per_sample(model.size, cfg.model.mask_ratio, L)
+    result = {
+        "model": cfg.model.name, "backend": cfg.parallel.backend, "zero_stage": cfg.parallel.zero_stage,
+        "precision": cfg.parallel.precision, "compile": cfg.parallel.compile, "mask_ratio": cfg.model.mask_ratio,
+        "activation_checkpointing": cfg.parallel.activation_checkpointing, "batch": B, "image_size": S,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "steps": steps, "warmup_s": t1 - t0, "step_s": (t2 - t1) / steps, "samples_per_sec": sps,
+        "mfu": flops * sps / peak if peak else None,
+        "max_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "final_loss": final_loss,
+    }
+    cleanup()
+    return result
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("overrides", nargs="*", help="recipe key=value over recipes/test/tiny.yaml")
+    args = ap.parse_args(argv)
+    print(json.dumps(measure(args.overrides, args.steps, args.warmup)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

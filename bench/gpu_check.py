@@ -1,0 +1,112 @@
+"""GPU engine check for a lent H100/H200: tiny and vit_b16 on 1 GPU, fsdp (and deepspeed when it
+imports), bf16, compile off and on, mask 0.5; samples/s, MFU and max memory per run.
+
+Each run is its own process (bench/engine_loop.py) with a timeout, in priority order, under a
+global deadline so the whole check stays inside its time box; a run that does not fit is
+recorded as skipped, a failing run as failed, and the rest go on.
+    python bench/gpu_check.py --out DIR [--budget-s 330] [--dry-run]
+--dry-run: CPU, tiny only, 2 steps, fp32, no compile (checks the script itself anywhere).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MODELS = {
+    # batch: comfortably inside 80 GB at bf16 with 50% masking, no activation checkpointing.
+    "vit_b16": ["model.name=vit_b16", "data.image_size=224", "model.text_length=32", "train.global_batch_size=256"],
+    "tiny": ["model.name=tiny", "data.image_size=32", "train.global_batch_size=1024"],
+}
+
+
+def deepspeed_importable() -> bool:
+    r = subprocess.run([sys.executable, "-c", "import deepspeed"], capture_output=True, text=True)
+    return r.returncode == 0
+
+
+def plan(dry_run: bool, with_deepspeed: bool) -> list[tuple[str, list[str]]]:
+    """(label, overrides) in priority order: what matters most runs first."""
+    backends = {"fsdp": ["parallel.backend=fsdp"]}
+    if with_deepspeed:
+        backends["deepspeed-z2"] = ["parallel.backend=deepspeed", "parallel.zero_stage=2"]
+    if dry_run:
+        return [(f"tiny/{b}/eager", MODELS["tiny"] + o + ["train.device=cpu", "train.global_batch_size=64"])
+                for b, o in backends.items()]
+    common = ["train.device=cuda", "parallel.precision=bf16", "model.mask_ratio=0.5"]
+    order = [("vit_b16", "fsdp", False), ("vit_b16", "fsdp", True), ("vit_b16", "deepspeed-z2", False),
+             ("tiny", "fsdp", False), ("tiny", "deepspeed-z2", False), ("tiny", "fsdp", True),
+             ("vit_b16", "deepspeed-z2", True), ("tiny", "deepspeed-z2", True)]
+    runs = []
+    for model, backend, compiled in order:
+        if backend in backends:
+            label = f"{model}/{backend}/{'compile' if compiled else 'eager'}"
+            runs.append((label, MODELS[model] + backends[backend] + common + [f"parallel.compile={str(compiled).lower()}"]))
+    return runs
+
+
+def run(label: str, overrides: list[str], steps: int, warmup: int, timeout_s: float) -> dict:
+    cmd = [sys.executable, str(ROOT / "bench" / "engine_loop.py"), "--steps", str(steps), "--warmup", str(warmup),
+           *overrides]
+    t0 = time.time()
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"label": label, "status": "timeout", "wall_s": time.time() - t0}
+    if r.returncode != 0:
+        tail = r.stderr.strip().splitlines()[-3:] if r.stderr.strip() else [f"exit {r.returncode}"]
+        return {"label": label, "status": "failed", "error": " | ".join(tail), "wall_s": time.time() - t0}
+    return {"label": label, "status": "ok", "wall_s": time.time() - t0, **json.loads(r.stdout.strip().splitlines()[-1])}
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| run | status | samples/s | MFU | max mem GB | step ms | warm-up s |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        if r["status"] == "ok":
+            mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
+            mem = f"{r['max_memory_gb']:.1f}" if r.get("max_memory_gb") is not None else "-"
+            lines.append(f"| {r['label']} | ok | {r['samples_per_sec']:.0f} | {mfu} | {mem} | "
+                         f"{1000 * r['step_s']:.1f} | {r['warmup_s']:.0f} |")
+        else:
+            lines.append(f"| {r['label']} | {r['status']} {r.get('error', '')[:60]} | | | | | |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--budget-s", type=float, default=330.0, help="stop starting runs after this (whole check < 6 min)")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--dry-run", action="store_true")
+    args = ap.parse_args()
+    start = time.time()
+    steps, warmup = (2, 1) if args.dry_run else (args.steps, args.warmup)
+    with_ds = deepspeed_importable()
+    if not with_ds:
+        print("deepspeed does not import here: deepspeed runs skipped", file=sys.stderr)
+    results = []
+    for label, overrides in plan(args.dry_run, with_ds):
+        left = args.budget_s - (time.time() - start)
+        # A compiled vit_b16 run needs ~1-2 min; don't start what cannot finish.
+        if left < (90 if "compile" in label else 30):
+            results.append({"label": label, "status": "skipped (time)"})
+            continue
+        print(f"running {label} ...", file=sys.stderr, flush=True)
+        results.append(run(label, overrides, steps, warmup, timeout_s=min(left, 240)))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {"deepspeed": with_ds, "dry_run": args.dry_run, "total_s": time.time() - start, "runs": results}
+    (out / "gpu_results.json").write_text(json.dumps(doc, indent=1))
+    print(table(results))
+    print(f"total {doc['total_s']:.0f}s; results in {out / 'gpu_results.json'}")
+
+
+if __name__ == "__main__":
+    main()

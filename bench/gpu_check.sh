@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# GPU engine check (issue 4): run on a lent H100/H200 from the repository root.
+#   bash bench/gpu_check.sh            # results: $OUT/gpu_results.json and a table on stdout
+#   bash bench/gpu_check.sh --dry-run  # CPU-only self-check of the script (tiny, 2 steps)
+# Needs torch + this package's dependencies importable by $PYTHON; DeepSpeed is optional
+# (install its wheel from wheels/ first to include it; otherwise its runs are skipped).
+# Time box: runs start only while under --budget-s (default 330 s), so the whole check < 6 min.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+export OUT="${OUT:-$PWD/gpu_check_out}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export DS_BUILD_OPS="${DS_BUILD_OPS:-0}"
+mkdir -p "$OUT"
+"$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
+  torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")'
+"$PYTHON" bench/gpu_check.py --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_check.log"
