@@ -44,7 +44,15 @@ class DataConfig:
     workers: int = doc(2, "loader worker processes per rank")
     shuffle_buffer: int = doc(1000, "samples held in the shuffle buffer per worker")
     resampled: bool = doc(True, "endless resampling of shards (long runs); false = exact epochs")
-    shard_retries: int = doc(2, "attempts to open a shard before it is skipped and counted")
+    shard_retries: int = doc(2, "extra attempts to open a shard before it is skipped and counted")
+    shard_retry_delay_s: float = doc(1.0, "first retry delay, doubling with each attempt")
+    shard_timeout_s: float = doc(60.0, "http connect/read timeout per shard")
+    epochs: Optional[int] = doc(None, "exact-epoch mode (resampled false): stop after this many passes; null = repeat forever")
+    shards_per_chunk: int = doc(8, "shards read interleaved per chunk; a resume replays at most one chunk per worker")
+    drop_last: bool = doc(True, "with finite epochs, drop each stream's final partial batch")
+    prefetch_factor: int = doc(2, "batches prefetched per loader worker")
+    pin_memory: bool = doc(False, "pin host batches for faster copies to the GPU (turn on for GPU runs)")
+    synthetic_samples: Optional[int] = doc(None, "synthetic data: distinct samples before repeating (null = endless)")
 
 
 @dataclass

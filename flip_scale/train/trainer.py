@@ -87,7 +87,7 @@ class Trainer:
         try:
             self.loader = build_train_loader(cfg.data, text_length=cfg.model.text_length,
                                              global_batch_size=cfg.train.global_batch_size, seed=cfg.train.seed,
-                                             rank=denv.rank, world_size=denv.world_size)
+                                             rank=denv.rank, world_size=denv.world_size, tokenizer=self.tokenizer)
         except ValueError as e:
             msg = str(e)
             raise ValueError(msg if msg.startswith("data.") else f"data.train_shards: {msg}") from None
