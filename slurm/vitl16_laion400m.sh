@@ -3,7 +3,9 @@
 # Submit:    sbatch slurm/vitl16_laion400m.sh            (or: flip-scale launch recipes/flip/l16_laion400m.yaml --template slurm/vitl16_laion400m.sh)
 # Recipe:    recipes/flip/l16_laion400m.yaml (override with FLIP_RECIPE / FLIP_OVERRIDES / FLIP_OUT; see slurm/common.sh)
 # Hardware:  32 nodes x 8 GPUs, one task per GPU; `flip-scale plan recipes/flip/l16_laion400m.yaml --nodes 32
-#            --gpus-per-node 8 --gpu h100` gives the expected wall-clock time. Paper: FLIP L/16 zero-shot ImageNet 74.3 (before unmasked tuning).
+#            --gpus-per-node 8 --gpu h100` planned
+#            8.0h wall-clock, 85 GPU-days (35% MFU assumed).
+# Expected:  zero-shot ImageNet-1k top-1 74.3 (Table 8 baseline) (FLIP_FACTS.md main results, 12.8B samples, LAION-400M).
 # Time:      --time is one job's slice; a preempted or timed-out job checkpoints, requeues itself
 #            and resumes, so runs longer than the limit continue on their own.
 # Tiny job on a test cluster, same file:
@@ -18,7 +20,8 @@
 #SBATCH --signal=B:USR1@120
 #SBATCH --requeue
 #SBATCH --open-mode=append
-#SBATCH --output=%x-%j.out            # stdout and stderr of the shell and every task
+# --output without --error: the shell and every task (stderr included) log to one file.
+#SBATCH --output=%x-%j.out
 
 # Network settings a cluster may need (uncomment and adapt; `ibv_devinfo`, `ip -br addr`):
 # export NCCL_SOCKET_IFNAME=ib0          # interface for NCCL's bootstrap/socket traffic (not lo/docker)
