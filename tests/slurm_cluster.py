@@ -86,9 +86,11 @@ class SlurmCluster:
     def start(self, timeout_s: float = 60.0) -> "SlurmCluster":
         if os.geteuid() != 0:
             raise ClusterUnavailable("the test cluster needs root (munged, slurmd, network namespaces)")
-        if self._load_record() and self.alive():
-            raise ClusterUnavailable(f"a test cluster is already running from {self.state} "
-                                     f"(stop it with `python tests/slurm_cluster.py stop`)")
+        if self._load_record():
+            if self.alive():
+                raise ClusterUnavailable(f"a test cluster is already running from {self.state} "
+                                         f"(stop it with `python tests/slurm_cluster.py stop`)")
+            self.stop()  # leftovers of an interrupted session: what its record names, nothing else
         ensure_installed()
         self.state.mkdir(parents=True, exist_ok=True)
         try:
