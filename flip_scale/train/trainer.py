@@ -110,9 +110,16 @@ class Trainer:
 
     def _resume(self, ckpt: Path) -> None:
         meta = ckpt_lib.read_meta(ckpt)
+        old_world = int(meta.get("world_size", self.denv.world_size))
+        if old_world != self.denv.world_size and not getattr(self.backend, "supports_resharding", True):
+            raise ValueError(f"{ckpt}: saved by {old_world} ranks with parallel.backend={self.cfg.parallel.backend}, "
+                             f"which resumes only at the same world size (now {self.denv.world_size}); "
+                             f"relaunch with {old_world} ranks")
+        if meta.get("backend", self.cfg.parallel.backend) != self.cfg.parallel.backend:
+            raise ValueError(f"{ckpt}: saved by parallel.backend={meta.get('backend')}, this run uses "
+                             f"{self.cfg.parallel.backend}; use train.init_from to start from its weights")
         self.backend.load(ckpt)
         self.step, self.samples_seen = int(meta["step"]), int(meta["samples_seen"])
-        old_world = int(meta.get("world_size", self.denv.world_size))
         if old_world == self.denv.world_size:
             state = ckpt_lib.load_rank_state(ckpt, self.denv.rank)
             self.loader.load_state_dict(state["loader"])
