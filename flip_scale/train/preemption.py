@@ -40,6 +40,7 @@ class StopFlag:
         return self.signum is not None
 
     def uninstall(self) -> None:
+        """Restore the previous handlers (idempotent)."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from ..metrics import MetricsWriter, device_peak_flops, max_memory_gb
 from ..models import masking_noise, train_flops_per_sample
 from .build import adapt_weights, build_model_from_config, snapshot_tokenizer, tokenizer_spec_for_run
 from .optim import lr_at
-from .preemption import Preempted, StopFlag
+from .preemption import PREEMPTED_EXIT_CODE, STOP_SIGNALS, Preempted, StopFlag
 
 # Test-only fault injection (documented in README "Fault tolerance"): comma-separated steps
 # whose loss is replaced by NaN, and a pause inside checkpoint saves so a test can kill there.
@@ -296,6 +297,13 @@ class Trainer:
                 raise RuntimeError(f"rank {self.denv.rank}: a collective failed at step {self.step + 1} "
                                    f"(a peer died or hung; timeout {cfg.parallel.timeout_s:.0f}s): "
                                    f"{str(e).splitlines()[0]}") from e
+            raise
+        except Preempted:
+            # The checkpoint is written. srun --kill-on-bad-exit may now SIGTERM a slower rank in
+            # its clean-up: that rank must still report "preempted", not die with 143.
+            stop_flag.uninstall()
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, lambda *_: os._exit(PREEMPTED_EXIT_CODE))
             raise
         finally:
             stop_flag.uninstall()
