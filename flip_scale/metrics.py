@@ -67,6 +67,20 @@ class MetricsWriter:
                 self._tb.close()
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Records of a metrics.jsonl; a last line cut by a kill (live or killed run) is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
 def max_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30

@@ -25,3 +25,13 @@ def tiny_recipe():
 def cli(*args):
     """Argument list that runs the package's command line in a subprocess."""
     return [sys.executable, "-m", "flip_scale", *map(str, args)]
+
+
+def take(loader, n):
+    """The first n batches of an iterable loader."""
+    out = []
+    for b in loader:
+        out.append(b)
+        if len(out) == n:
+            break
+    return out

@@ -1,25 +1,17 @@
 """Helpers for the fault-tolerance tests: launch real training processes, watch, kill."""
-import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from flip_scale.metrics import read_jsonl
+
 from conftest import ROOT, TINY, free_port
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
 
 
 def losses(run_dir: Path) -> list[tuple[int, float]]:

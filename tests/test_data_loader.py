@@ -7,6 +7,8 @@ import torch
 
 from flip_scale.data.loader import build_train_loader
 
+from conftest import take
+
 
 def _cfg(**kw):
     base = dict(train_shards="synthetic", tokenizer="builtin", image_size=24, workers=0)
@@ -14,19 +16,10 @@ def _cfg(**kw):
     return types.SimpleNamespace(**base)
 
 
-def _take(loader, n):
-    out = []
-    for b in loader:
-        out.append(b)
-        if len(out) == n:
-            break
-    return out
-
-
 def test_batch_layout():
     loader = build_train_loader(_cfg(), text_length=12, global_batch_size=6, seed=0, rank=0,
                                 world_size=1)
-    (b,) = _take(loader, 1)
+    (b,) = take(loader, 1)
     assert b["images"].shape == (6, 3, 24, 24) and b["images"].dtype == torch.float32
     assert b["tokens"].shape == (6, 12) and b["tokens"].dtype == torch.int64
     assert b["index"].tolist() == list(range(6))
@@ -34,9 +27,9 @@ def test_batch_layout():
 
 
 def test_global_batch_is_independent_of_world_size_and_workers():
-    single = _take(build_train_loader(_cfg(), text_length=12, global_batch_size=8, seed=5,
+    single = take(build_train_loader(_cfg(), text_length=12, global_batch_size=8, seed=5,
                                       rank=0, world_size=1), 2)
-    parts = [_take(build_train_loader(_cfg(workers=2), text_length=12, global_batch_size=8,
+    parts = [take(build_train_loader(_cfg(workers=2), text_length=12, global_batch_size=8,
                                       seed=5, rank=r, world_size=2), 2) for r in range(2)]
     for step in range(2):
         for key in ("images", "tokens", "index"):
@@ -46,16 +39,16 @@ def test_global_batch_is_independent_of_world_size_and_workers():
 
 
 def test_resume_gives_the_same_batches():
-    ref = _take(build_train_loader(_cfg(), text_length=12, global_batch_size=4, seed=1, rank=0,
+    ref = take(build_train_loader(_cfg(), text_length=12, global_batch_size=4, seed=1, rank=0,
                                    world_size=1), 5)
     loader = build_train_loader(_cfg(), text_length=12, global_batch_size=4, seed=1, rank=0,
                                 world_size=1)
-    _take(loader, 3)
+    take(loader, 3)
     sd = loader.state_dict()
     fresh = build_train_loader(_cfg(), text_length=12, global_batch_size=4, seed=1, rank=0,
                                world_size=1)
     fresh.load_state_dict(sd)
-    rest = _take(fresh, 2)
+    rest = take(fresh, 2)
     for a, b in zip(ref[3:], rest):
         assert torch.equal(a["images"], b["images"]) and torch.equal(a["tokens"], b["tokens"])
 

@@ -15,6 +15,8 @@ from flip_scale.data.loader import build_train_loader
 from flip_scale.data.shards import expand_shards
 from flip_scale.data.synthetic import write_synthetic_shards
 
+from conftest import take
+
 
 def _cfg(shards, **kw):
     base = dict(train_shards=shards, tokenizer="builtin", image_size=16, workers=0,
@@ -26,15 +28,6 @@ def _cfg(shards, **kw):
 def _loader(cfg, batch=4, rank=0, world=1, seed=0):
     return build_train_loader(cfg, text_length=10, global_batch_size=batch, seed=seed, rank=rank,
                               world_size=world)
-
-
-def _take(loader, n):
-    out = []
-    for b in loader:
-        out.append(b)
-        if len(out) == n:
-            break
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +66,7 @@ def test_resampled_is_seeded_and_endless(shard_dir):
     def run(seed):
         cfg = _cfg(shard_dir, resampled=True, workers=2)
         # 30 batches of 4 = 120 samples, twice the dataset: the stream does not end.
-        return torch.cat([b["index"] for b in _take(_loader(cfg, seed=seed), 30)])
+        return torch.cat([b["index"] for b in take(_loader(cfg, seed=seed), 30)])
 
     a, b, c = run(1), run(1), run(2)
     assert len(a) == 120 and torch.equal(a, b) and not torch.equal(a, c)
@@ -83,13 +76,13 @@ def test_resampled_is_seeded_and_endless(shard_dir):
 @pytest.mark.parametrize("resampled", [False, True])
 def test_shard_resume_continues_with_the_same_batches(shard_dir, resampled):
     cfg = _cfg(shard_dir, workers=2, shuffle_buffer=5, resampled=resampled)
-    ref = _take(_loader(cfg), 9)
+    ref = take(_loader(cfg), 9)
     first = _loader(cfg)
-    _take(first, 5)
+    take(first, 5)
     sd = first.state_dict()
     resumed = _loader(cfg)
     resumed.load_state_dict(sd)
-    for a, b in zip(ref[5:], _take(resumed, 4)):
+    for a, b in zip(ref[5:], take(resumed, 4)):
         assert torch.equal(a["index"], b["index"])
         assert torch.equal(a["images"], b["images"])
 
@@ -163,10 +156,10 @@ def test_http_and_pipe_shards_with_a_dead_url(shard_dir, http_base):
 @pytest.mark.parametrize("resampled", [False, True])
 def test_resume_with_another_layout_restarts_the_epoch(shard_dir, resampled):
     loader = _loader(_cfg(shard_dir, workers=2, resampled=resampled))
-    _take(loader, 20)  # past the first epoch (60 samples) for at least one stream
+    take(loader, 20)  # past the first epoch (60 samples) for at least one stream
     sd = loader.state_dict()
     other = _loader(_cfg(shard_dir, workers=1, resampled=resampled))
     with pytest.warns(UserWarning, match="restarting shard streams"):
         other.load_state_dict(sd)
-    assert len(_take(other, 2)) == 2
+    assert len(take(other, 2)) == 2
     assert other.counters() == loader.counters()

@@ -1,6 +1,5 @@
 """Every recipe validates; the paper runs carry FLIP_FACTS.md's numbers; tiny ablations run."""
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -14,6 +14,7 @@ import yaml
 from ..config import config_from_dict
 from ..models.flops import train_flops_per_sample
 from ..models.sizes import get_size
+from ..metrics import read_jsonl
 
 
 @dataclass
@@ -141,15 +142,7 @@ def data_name(train_shards: str) -> str:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:  # a line cut by a kill while the run is live
-            continue
-    return [r for r in out if "samples_seen" in r]
+    return [r for r in read_jsonl(path) if "samples_seen" in r]
 
 
 def load_run(path: str | Path) -> Run:
