@@ -7,7 +7,8 @@
 # Time box: runs start only while under --budget-s (default 330 s), so the whole check < 6 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python3}"
+# The repo venv when there is one (dev machines), else the machine's python3 (the GPU host).
+if [ -z "${PYTHON:-}" ]; then [ -x .venv/bin/python ] && PYTHON=.venv/bin/python || PYTHON=python3; fi
 export OUT="${OUT:-$PWD/gpu_check_out}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export DS_BUILD_OPS="${DS_BUILD_OPS:-0}"

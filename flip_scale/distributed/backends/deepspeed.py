@@ -6,15 +6,16 @@ groups) handed to the engine: DeepSpeed's FusedAdam on CUDA, torch's AdamW elsew
 no DeepSpeed scheduler: the trainer sets the lr every step through `step(lr)`.
 
 Precision: with bf16 DeepSpeed keeps bf16 working weights and fp32 master weights inside the
-ZeRO optimizer; the trainer's forward runs under bf16 autocast (Backend.autocast) so fp32
-inputs (images, masking noise) meet bf16 weights without manual casts, and the masking noise
-keeps full precision.
+ZeRO optimizer. Autocast is off: the weights already are bf16, and CPU autocast cannot mix
+fp32 LayerNorm inputs with bf16 weights. Instead the image input and each block's input are
+cast to bf16 (bf16_inputs.py); the masking noise stays fp32.
 
 On CPU (tests, the demo machine) DeepSpeed selects its CPU accelerator by itself when no GPU is
 visible (DS_ACCELERATOR=cpu forces it) and reuses the gloo process group the trainer opened.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from torch import nn
 
 from ...models.towers import LOGIT_SCALE_MAX
 from .base import Backend
+from .bf16_inputs import cast_block_inputs, cast_image_input
 from .process_group import ensure_process_group
 
 TAG = "deepspeed"  # checkpoint sub-folder: ckpt_dir/deepspeed/{mp_rank_00_model_states.pt, ...}
@@ -53,10 +55,6 @@ def deepspeed_config(cfg, world_size: int) -> dict:
     t, p = cfg.train, cfg.parallel
     bf16 = p.precision == "bf16"
     zero = {"stage": p.zero_stage or 2}
-    if bf16:
-        # Reduce gradients in fp32, as FSDP's MixedPrecisionPolicy(reduce_dtype=fp32) does:
-        # the contrastive gradient is averaged over many ranks and bf16 sums lose small terms.
-        zero["reduce_bucket_size"] = 5e7
     return {
         "train_batch_size": t.global_batch_size,
         "train_micro_batch_size_per_gpu": t.global_batch_size // world_size,
@@ -65,6 +63,8 @@ def deepspeed_config(cfg, world_size: int) -> dict:
         "gradient_clipping": t.grad_clip,  # 0 disables, like ours
         "zero_optimization": zero,
         "bf16": {"enabled": bf16},
+        # Reduce gradients in fp32, as FSDP's MixedPrecisionPolicy(reduce_dtype=fp32) does: the
+        # contrastive gradient is averaged over many ranks and bf16 sums lose small terms.
         "communication_data_type": "fp32" if bf16 else None,
         # Our AdamW is not on DeepSpeed's tested list; ZeRO only partitions its state.
         "zero_allow_untested_optimizer": True,
@@ -75,13 +75,22 @@ def deepspeed_config(cfg, world_size: int) -> dict:
 
 class DeepSpeedBackend(Backend):
     name = "deepspeed"
+    # ZeRO partitions optimizer state by rank; a different world size needs DeepSpeed's offline
+    # universal-checkpoint conversion (ds_to_universal.py), so resume is same-world-size only.
+    supports_resharding = False
 
     @property
     def zero_stage(self) -> int:
         return self.cfg.parallel.zero_stage or 2
 
     def wrap(self, model: nn.Module) -> nn.Module:
+        if self.cfg.parallel.precision == "bf16":
+            cast_image_input(model)
+            cast_block_inputs(model)
         return model.to(self.device)  # the engine is built with the optimizer, in build_optimizer
+
+    def autocast(self):
+        return contextlib.nullcontext()  # see the module docstring
 
     def build_optimizer(self, groups: list[dict]):
         import deepspeed

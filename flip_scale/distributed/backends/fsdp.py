@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .base import Backend
+from .bf16_inputs import cast_image_input
 from .process_group import ensure_process_group
 
 # Prefixes that wrappers add to parameter names; DCP state dicts are already free of them.
@@ -33,13 +34,6 @@ def _strip_wrappers(name: str) -> str:
     for prefix in _WRAPPER_PREFIXES:
         name = name.replace(prefix, "")
     return name
-
-
-def _cast_input_to_weight_dtype(module: nn.Module, args):
-    # The root does not cast its inputs (see apply_fsdp), so images arrive in fp32; the patch
-    # embedding's weight is a bf16 copy while gathered, and a conv needs matching dtypes.
-    images, *rest = args
-    return (images.to(module.proj.weight.dtype), *rest)
 
 
 def apply_fsdp(model: nn.Module, mesh, precision: str) -> None:
@@ -60,7 +54,7 @@ def apply_fsdp(model: nn.Module, mesh, precision: str) -> None:
     # after forward since backward needs it first anyway.
     fully_shard(model, mesh=mesh, mp_policy=root_mp, reshard_after_forward=False)
     if bf16:
-        model.visual.patch_embed.register_forward_pre_hook(_cast_input_to_weight_dtype)
+        cast_image_input(model)  # the root leaves images fp32; the patch-embedding conv needs bf16
 
 
 class FSDPBackend(Backend):
