@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main_plan(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     if args.nodes < 1 or args.gpus_per_node < 1:
         print("flip-scale plan: error: --nodes and --gpus-per-node must be positive", file=sys.stderr)
         return 2
