@@ -7,12 +7,10 @@ come from flip_scale/planning/; this module only loads the recipe, calls them an
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 
 from .config import ConfigError, load_recipe
-from .config.load import _build, _load_chain, _merge, _nest, parse_override, validate
 from .config.schema import Config
 from .models.sizes import get_size
 from .planning.compute import DEFAULT_MFU, plan_compute
@@ -24,26 +22,7 @@ from .planning.paper import format_story
 def load_plan_config(path: str, overrides: list[str], world_size: int) -> Config:
     """The recipe as `train` would see it, except that files it names (tokenizer, eval set,
     init_from) need not exist here: plans are made on laptops, far from the data."""
-    try:
-        return load_recipe(path, overrides, world_size=world_size)
-    except ConfigError as e:
-        if not any(k in str(e) for k in ("data.tokenizer", "eval.zeroshot", "train.init_from")):
-            raise
-    origin: dict = {}
-    from pathlib import Path
-
-    data = _load_chain(Path(path), origin)
-    for text in overrides:
-        key, value = parse_override(text)
-        _merge(data, _nest(key, value), origin, f"command line ({text})")
-    cfg = _build(Config, data, origin, str(path))
-    cfg._recipe = str(path)  # type: ignore[attr-defined]
-    probe = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer="builtin"),
-                                eval=dataclasses.replace(cfg.eval, zeroshot=None),
-                                train=dataclasses.replace(cfg.train, init_from=None))
-    probe._origin, probe._recipe = origin, str(path)  # type: ignore[attr-defined]
-    validate(probe, world_size)  # every other check still applies
-    return cfg
+    return load_recipe(path, overrides, world_size=world_size, check_files=False)
 
 
 def make_plan(cfg: Config, nodes: int, gpus_per_node: int, gpu: str, mfu: float = DEFAULT_MFU,

@@ -120,3 +120,20 @@ def test_patch_size_change_resamples_the_kernel_and_keeps_fixed_positions():
     # everything except the patch kernel and positions is carried over unchanged
     assert torch.equal(dst.text.token_embed.weight, src.text.token_embed.weight)
     assert count_params(dst) < count_params(src)
+
+
+RUNS = [p for p in RECIPES if p.parent.name in ("flip", "studies", "ablations") and not IS_BASE(p)]
+
+
+@pytest.mark.parametrize("path", RUNS, ids=lambda p: str(p.relative_to(ROOT / "recipes")))
+def test_run_headers_carry_the_planners_time(path):
+    """The header's `Time:` line is the planner's number for the header's hardware (no rot)."""
+    import re
+
+    from flip_scale.plan import load_plan_config, make_plan
+
+    text = path.read_text()
+    nodes = int(re.search(r"^# Hardware: (\d+) nodes x 8 H100", text, re.M).group(1))
+    stated = float(re.search(r"^# Time: .*\(([\d,]+) GPU-days\)", text, re.M).group(1).replace(",", ""))
+    plan = make_plan(load_plan_config(str(path), [], nodes * 8), nodes, 8, "h100")
+    assert stated == round(plan["compute"]["gpu_days"])
