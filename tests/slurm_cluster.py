@@ -391,6 +391,10 @@ class SlurmCluster:
                 cmd = ["sh", "-c", slurmd]
             self._spawn(f"slurmd-{node}", cmd, env=env)
 
+    def wait_nodes_idle(self, timeout_s: float = 60.0) -> None:
+        """Every node idle (no job completing on it)."""
+        self._wait_idle(timeout_s)
+
     def _wait_idle(self, timeout_s: float) -> None:
         end = time.time() + timeout_s
         states = ""

@@ -119,7 +119,11 @@ def test_usr1_checkpoints_requeues_and_resumes_to_the_same_result(cluster, refer
     assert latest == f"step_{stopped_at:08d}", (latest, stopped_at)
     assert not (run / "summary.json").exists()
 
-    # A requeued job is held ~121 s; release it now, then it resumes with the same command.
+    # A requeued job is held ~121 s; release it now, then it resumes with the same command. Not in
+    # the same second as the requeue: slurmd compares credential times in whole seconds and kills a
+    # relaunch whose credential is not newer than the revocation ("Job credential revoked").
+    cluster.wait_nodes_idle(60)
+    time.sleep(2)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=cluster.env, check=True)
     info = cluster.wait_job(job, timeout_s=240)
     log = job_log(run, job)
