@@ -166,7 +166,12 @@ class Trainer:
         return float(value)
 
     def _agree(self, nonfinite: torch.Tensor, stop: bool) -> tuple[bool, bool]:
-        """One small all-reduce per step so every rank takes the same skip / stop decision."""
+        """One small all-reduce per step so every rank takes the same skip / stop decision.
+
+        This is the loop's only per-step host sync (metrics wait for log steps). It sits after the
+        forward and before backward so a skipped step never enters backward: DeepSpeed and DDP
+        reduce gradients inside backward, and a half-taken step would leave their buffers dirty.
+        Its cost is the launch latency of the first backward kernels, small next to a FLIP step."""
         flags = torch.stack([nonfinite.float(), torch.tensor(float(stop), device=nonfinite.device)])
         if dist.is_initialized():
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
