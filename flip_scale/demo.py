@@ -28,4 +28,21 @@ def run_demo(output: str = "runs/demo", steps: int = 300) -> int:
           f"(step {summary['steps']}); chance level is ln({cfg.train.global_batch_size}) = "
           f"{__import__('math').log(cfg.train.global_batch_size):.3f}")
     print(f"demo: run directory {output} (config.yaml, metrics.jsonl, tb/, checkpoints/, summary.json)")
+    zeroshot_demo(output, cfg.data.image_size)
     return 0 if losses[-1] < losses[0] else 1
+
+
+def zeroshot_demo(run_dir: str, image_size: int) -> dict:
+    """Zero-shot classification of held-out synthetic images (colour + shape classes), as
+    `flip-scale eval RUN_DIR --zeroshot DIR` would do it."""
+    from . import load_checkpoint
+    from .data.synthetic import CLASSNAMES, write_synthetic_zeroshot
+    from .eval import evaluate_zeroshot
+
+    data = write_synthetic_zeroshot(str(Path(run_dir) / "heldout_zeroshot"), 480, image_size=image_size)
+    model, tokenizer, transform = load_checkpoint(run_dir)
+    result = evaluate_zeroshot(model, tokenizer, transform, data, "cpu")
+    chance = 1 / len(CLASSNAMES)
+    print(f"demo: zero-shot on {result['n']} held-out images of {len(CLASSNAMES)} classes: top-1 {result['acc1']:.3f}, "
+          f"top-5 {result['acc5']:.3f} (chance {chance:.3f} / {5 * chance:.3f})")
+    return result

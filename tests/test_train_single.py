@@ -58,3 +58,14 @@ def test_rerun_resumes_from_the_checkpoint_instead_of_restarting(tmp_path):
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [5, 10, 15, 20]
     assert torch.load(tmp_path / "checkpoints" / "step_00000020" / "train_state_rank0.pt", weights_only=False)
+
+
+def test_demo_command_prints_falling_loss_and_zero_shot(tmp_path):
+    r = subprocess.run(cli("demo", "--output", tmp_path / "demo", "--steps", 60), capture_output=True, text=True,
+                       cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    fell = next(line for line in r.stdout.splitlines() if line.startswith("demo: loss fell from"))
+    first, last = (float(x.split()[0]) for x in fell.split("from ")[1].split(" to "))
+    assert last < first
+    zs = next(line for line in r.stdout.splitlines() if "zero-shot on" in line)
+    assert "chance 0.021" in zs and float(zs.split("top-1 ")[1].split(",")[0]) > 0.021
