@@ -358,7 +358,7 @@ class SlurmCluster:
             "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
             "SelectType=select/cons_tres", "SelectTypeParameters=CR_CPU",
             "MpiDefault=none",
-            f"JobCompType=jobcomp/filetxt", f"JobCompLoc={s}/jobcomp.txt",
+            "JobCompType=jobcomp/filetxt", f"JobCompLoc={s}/jobcomp.txt",
             "JobAcctGatherType=jobacct_gather/none", "AccountingStorageType=accounting_storage/none",
             "SlurmdParameters=config_overrides",
             "ReturnToService=2", "MinJobAge=600", "KillWait=5", "InactiveLimit=0", "SlurmdTimeout=60",
