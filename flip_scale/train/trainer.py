@@ -256,9 +256,10 @@ class Trainer:
                 if self.step == start_step + WARM_STEPS and dist.is_initialized():
                     # Start-up (compile, loading, first allocations) is over: from now on a dead
                     # or hung peer should end the job in timeout_s, not after the long init timeout.
-                    from torch.distributed.distributed_c10d import _set_pg_timeout
-
-                    _set_pg_timeout(datetime.timedelta(seconds=cfg.parallel.timeout_s))
+                    set_timeout = getattr(dist, "set_timeout", None)  # public from torch 2.14 on
+                    if set_timeout is None:
+                        from torch.distributed.distributed_c10d import _set_pg_timeout as set_timeout
+                    set_timeout(datetime.timedelta(seconds=cfg.parallel.timeout_s))
                 last_step = self.step == total_steps
                 if (self.step % t.log_every_steps == 0 or last_step) and loss_count:
                     elapsed = max(time.time() - window_start, 1e-9)
