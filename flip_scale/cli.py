@@ -10,6 +10,23 @@ def _error(msg: str) -> int:
     return 2
 
 
+def _one_line(e: BaseException) -> str:
+    """The line that names the problem. An error raised in a DataLoader worker arrives wrapped
+    ("Caught ValueError in DataLoader worker process 0. Original Traceback ..."): its last line
+    holds the original message."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text.splitlines()[0] if text else repr(e)
+
+
+def _is_main_rank() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0) == 0
+
+
 def cmd_train(args) -> int:
     from .config import ConfigError, dump_config, load_recipe
     from .distributed.env import detect_env
@@ -17,7 +34,8 @@ def cmd_train(args) -> int:
     try:
         cfg = load_recipe(args.recipe, args.overrides, world_size=detect_env().world_size)
     except ConfigError as e:
-        return _error(str(e))
+        # Every rank reads the same recipe and fails the same way: one line, from rank 0.
+        return _error(str(e)) if _is_main_rank() else 2
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0
@@ -29,8 +47,8 @@ def cmd_train(args) -> int:
     except Preempted:
         return PREEMPTED_EXIT_CODE
     except (ConfigError, ValueError, FileNotFoundError) as e:
-        # Bad input found while building (tokenizer, shards, init_from): one line, non-zero.
-        return _error(str(e).splitlines()[0] if str(e) else repr(e))
+        # Bad input found while building or reading (tokenizer, shards, init_from): one line.
+        return _error(_one_line(e))
     except RuntimeError as e:
         if "a collective failed" in str(e):
             return _error(str(e).splitlines()[0])
@@ -66,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Subcommands that parse their own arguments: name -> (module, function, one-line help).
 DELEGATED = {
-    "prep": ("flip_scale.data.prep_cli", "main_prep", "data preparation: download | tokenizer | synthetic"),
+    "prep": ("flip_scale.data.prep_cli", "main_prep", "data preparation: download | tokenizer | synthetic | evalset"),
     "eval": ("flip_scale.eval.cli", "main_eval", "zero-shot classification / retrieval of a run or checkpoint"),
     "report": ("flip_scale.report.cli", "main_report", "scaling-curve report (plots, tables, index.html) from runs"),
     "plan": ("flip_scale.plan", "main_plan", "compute / memory / wall-clock plan of a recipe on a cluster"),

@@ -1,35 +1,53 @@
 """`flip-scale demo` / `make demo`: the tiny recipe end to end on the built-in synthetic data."""
 from __future__ import annotations
 
-import json
+import math
+import shutil
+import sys
 from pathlib import Path
 
 from .config import load_recipe
+from .metrics import read_jsonl
 
 TINY_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "test" / "tiny.yaml"
+
+
+DEMO_MARKER = ".flip_scale_demo"
 
 
 def run_demo(output: str = "runs/demo", steps: int = 300) -> int:
     from .train.trainer import run_training
 
+    if steps < 2:
+        print("demo: --steps must be at least 2", file=sys.stderr)
+        return 2
+    out = Path(output)
+    if out.exists() and any(out.iterdir()):
+        if not (out / DEMO_MARKER).is_file():
+            print(f"demo: {output} exists and is not a demo directory; choose another --output", file=sys.stderr)
+            return 2
+        shutil.rmtree(out)  # a previous demo: the demo always starts fresh
     recipe = TINY_RECIPE
     if not recipe.is_file():  # installed without the recipes folder: use the packaged copy
         recipe = Path(__file__).resolve().parent / "assets" / "tiny.yaml"
-    overrides = [f"train.out_dir={output}", f"train.samples={64 * steps}", "checkpoint.every_steps=0"]
+    log_every = max(1, min(10, steps // 10))  # at least two logged losses to compare
+    overrides = [f"train.out_dir={output}", f"train.samples={64 * steps}", "checkpoint.every_steps=0",
+                 f"train.log_every_steps={log_every}"]
     cfg = load_recipe(recipe, overrides)
-    if (Path(output) / "config.yaml").is_file():  # the demo always starts fresh
-        import shutil
-
-        shutil.rmtree(output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).write_text("made by `flip-scale demo`; a later demo may replace this directory\n")
     summary = run_training(cfg)
-    lines = [json.loads(line) for line in (Path(output) / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in lines if r["step"] <= summary["steps"]][-max(steps // cfg.train.log_every_steps, 1):]
-    print(f"demo: loss fell from {losses[0]:.3f} (step {cfg.train.log_every_steps}) to {losses[-1]:.3f} "
-          f"(step {summary['steps']}); chance level is ln({cfg.train.global_batch_size}) = "
-          f"{__import__('math').log(cfg.train.global_batch_size):.3f}")
+    records = [r for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
+    first, last = records[0], records[-1]
+    print(f"demo: loss fell from {first['loss']:.3f} (step {first['step']}) to {last['loss']:.3f} "
+          f"(step {last['step']}); chance level is ln({cfg.train.global_batch_size}) = "
+          f"{math.log(cfg.train.global_batch_size):.3f}")
     print(f"demo: run directory {output} (config.yaml, metrics.jsonl, tb/, checkpoints/, summary.json)")
     zeroshot_demo(output, cfg.data.image_size)
-    return 0 if losses[-1] < losses[0] else 1
+    if last["loss"] >= first["loss"]:
+        print(f"demo: the loss did not fall in {summary['steps']} steps; try more --steps", file=sys.stderr)
+        return 1
+    return 0
 
 
 def zeroshot_demo(run_dir: str, image_size: int) -> dict:

@@ -136,3 +136,12 @@ def test_interrupted_download_resumes_missing_shards(tmp_path, server):
     assert os.path.getmtime(os.path.join(out, "00000.tar")) == done_mtime  # kept, not redone
     assert m["shards"] == 2 and m["samples"] == 20 and m["success_rate"] == 1.0
     assert len(_tar_samples(os.path.join(out, "00001.tar"))[1]) == 10
+
+
+def test_a_missing_column_fails_before_any_download_and_leaves_nothing(tmp_path):
+    meta = str(tmp_path / "meta.parquet")
+    write_synthetic_parquet(meta, str(tmp_path / "img"), 4, seed=0, base_url="http://127.0.0.1:9/img", image_size=16)
+    out = tmp_path / "shards"
+    with pytest.raises(ValueError, match="--caption-col 'NOPE': no such column"):
+        download(DownloadConfig(url_list=meta, output=str(out), caption_col="NOPE", processes=1, threads=1))
+    assert not out.exists()

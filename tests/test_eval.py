@@ -186,3 +186,16 @@ def test_masked_inference_is_an_option(trained):
     masked = evaluate_zeroshot(model, tokenizer, transform, trained["zs_odd"], "cpu", image_mask_ratio=0.75)
     assert full == evaluate_zeroshot(model, tokenizer, transform, trained["zs_odd"], "cpu")  # deterministic
     assert masked != full
+
+
+def test_ablation_settings_get_their_own_result_file(trained, tmp_path):
+    run, zs = trained["run"], trained["zs"]
+    assert main_eval([str(run), "--zeroshot", zs, "--no-progress", "--json", str(tmp_path / "std.json")]) == 0
+    standard = json.loads((run / "eval" / "zs.json").read_text())
+    assert main_eval([str(run), "--zeroshot", zs, "--no-progress", "--mask-ratio", "0.5"]) == 0
+    masked = json.loads((run / "eval" / "zs__mask0.5.json").read_text())
+    assert masked["variant"] == "mask0.5" and masked["image_mask_ratio"] == 0.5
+    assert json.loads((run / "eval" / "zs.json").read_text()) == standard  # untouched
+    from flip_scale.report.runs import load_run
+
+    assert load_run(run).evals["zs"]["acc1"] == standard["acc1"]  # reports use the standard result

@@ -22,6 +22,9 @@ def test_zeroshot_every_k_steps_is_logged_with_samples_seen(tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if any(k.startswith("eval/") for k in r)]
     assert [r["samples_seen"] for r in evals] == [640, 1280]
+    # one record per logged step: the eval keys ride on the step's training record
+    assert all("loss" in r and "lr" in r for r in records)
+    assert len({r["step"] for r in records}) == len(records)
     key = next(k for k in evals[0] if k.endswith("/acc1"))
     assert 0.0 <= evals[-1][key] <= 1.0
     (name, result), = summary["evals"].items()

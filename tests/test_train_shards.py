@@ -39,3 +39,17 @@ def test_bad_samples_are_skipped_and_counted_in_metrics(tmp_path):
     last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
     assert last["skipped/bad_image"] >= 2
     assert summary["skipped"]["bad_image"] == last["skipped/bad_image"]
+
+
+def test_shards_with_no_usable_sample_fail_at_start_with_one_line(tmp_path):
+    import subprocess
+
+    from conftest import ROOT, cli
+
+    for name in ("00000.tar", "00001.tar"):
+        (tmp_path / name).write_bytes(b"garbage, not a tar file")
+    r = subprocess.run(cli("train", TINY, f"data.train_shards={tmp_path}", f"train.out_dir={tmp_path / 'run'}"),
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 2
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "data.train_shards" in lines[0] and "no usable sample" in lines[0], r.stderr

@@ -57,6 +57,11 @@ def test_rerun_resumes_from_the_checkpoint_instead_of_restarting(tmp_path):
     assert summary["steps"] == 20 and summary["samples_seen"] == 1280
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [5, 10, 15, 20]
+    # wall time adds up both segments (the report's GPU-hours read it)
+    first_segment = json.loads((tmp_path / "checkpoints" / "step_00000020" / "meta.json").read_text())
+    assert summary["resumed_at_step"] == 10
+    assert summary["wall_time_s"] > summary["segment_wall_time_s"] > 0
+    assert first_segment["wall_time_s"] <= summary["wall_time_s"] + 1e-6
     assert torch.load(tmp_path / "checkpoints" / "step_00000020" / "train_state_rank0.pt", weights_only=False)
 
 
@@ -69,3 +74,13 @@ def test_demo_command_prints_falling_loss_and_zero_shot(tmp_path):
     assert last < first
     zs = next(line for line in r.stdout.splitlines() if "zero-shot on" in line)
     assert "chance 0.021" in zs and float(zs.split("top-1 ")[1].split(",")[0]) > 0.021
+
+
+def test_demo_refuses_to_replace_a_directory_it_did_not_make(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("keep me")
+    r = subprocess.run(cli("demo", "--output", run, "--steps", 5), capture_output=True, text=True, cwd=ROOT,
+                       timeout=300)
+    assert r.returncode == 2 and "not a demo directory" in r.stderr
+    assert (run / "config.yaml").read_text() == "keep me"

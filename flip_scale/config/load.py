@@ -222,6 +222,8 @@ def validate(cfg: Config, world_size: int | None = None, check_files: bool = Tru
         fail("train.beta2", f"betas must be in [0, 1), got ({t.beta1}, {t.beta2})")
     if t.weight_decay < 0:
         fail("train.weight_decay", f"must be >= 0, got {t.weight_decay}")
+    if not t.out_dir.strip():
+        fail("train.out_dir", "is empty; name the run directory")
     if t.log_every_steps < 1:
         fail("train.log_every_steps", f"must be >= 1, got {t.log_every_steps}")
     if t.device not in ("auto", "cpu", "cuda"):

@@ -181,8 +181,12 @@ def download(cfg: DownloadConfig, quiet: bool = False) -> dict:
     from img2dataset import download as img2dataset_download
 
     start = time.time()
+    files = _input_files(cfg.url_list)  # before creating anything: bad input leaves no trace
+    columns = _columns_present(files)
+    for flag, col in (("--url-col", cfg.url_col), ("--caption-col", cfg.caption_col)):
+        if col not in columns:
+            raise ValueError(f"{flag} {col!r}: no such column in {files[0]} (columns: {', '.join(columns)})")
     os.makedirs(cfg.output, exist_ok=True)
-    files = _input_files(cfg.url_list)
     meta_dir = os.path.join(cfg.output, "_meta")
     filters = (cfg.drop_nsfw or cfg.drop_unsure or cfg.max_punsafe is not None
                or cfg.min_similarity is not None)
@@ -190,7 +194,6 @@ def download(cfg: DownloadConfig, quiet: bool = False) -> dict:
         url_list, filter_stats = filter_metadata(cfg, meta_dir)
     else:
         url_list, filter_stats = (files[0] if len(files) == 1 else _link_inputs(files, meta_dir)), {}
-    columns = _columns_present(files)
     extra = cfg.save_additional_columns
     if extra is None:
         extra = [c for c in EXTRA_COLUMNS if c in columns]

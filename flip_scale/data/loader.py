@@ -260,7 +260,6 @@ class _ShardStreams(IterableDataset):
                                for url in urls])
             produced = False
             for offset, sample in enumerate(_shuffle(raw, self.shuffle_buffer, rng)):
-                produced = True
                 if offset < replay:
                     if offset == replay - 1:
                         baseline = raw_counts.copy()
@@ -269,17 +268,20 @@ class _ShardStreams(IterableDataset):
                 decoded = decode_sample(sample, decode_counts)
                 if decoded is None:
                     continue
+                produced = True
                 img, caption = decoded
                 g = sample_generator(self.seed, self.rank, stream, epoch, chunk, offset)
                 batch.append((transform(img, g), caption, sample_index(sample["__key__"])))
                 if len(batch) == self.local_batch:
                     yield self._emit(batch, stream, pos, raw_counts - baseline + decode_counts)
                     batch = []
-            # A stream whose shards all fail would otherwise spin forever in endless modes.
-            empty_chunks = 0 if produced else empty_chunks + 1
-            if empty_chunks >= 1000:
-                raise RuntimeError(f"rank {self.rank} stream {stream}: 1000 consecutive chunks "
-                                   f"of shards gave no samples; check data.train_shards")
+            # A stream whose shards all fail (or hold no decodable image) would otherwise spin
+            # forever in endless modes: give up after what amounts to two passes over the shards.
+            empty_chunks = 0 if produced or replay else empty_chunks + 1
+            limit = max(4, 2 * -(-len(self.shards) // self.shards_per_chunk))
+            if empty_chunks >= limit:
+                raise ValueError(f"data.train_shards: rank {self.rank} stream {stream} read {limit} "
+                                 f"consecutive chunks of shards without one usable sample")
         if batch and not self.drop_last:
             yield self._emit(batch, stream, pos, raw_counts - baseline + decode_counts)
         # The final counts (e.g. a corrupt last shard) travel with an empty marker batch.
@@ -335,6 +337,7 @@ class TrainLoader:
             raise ValueError(f"data.train_shards {spec!r} has {len(self.shards)} shard(s), fewer "
                              f"than ranks x workers = {slots}; use data.resampled=true or fewer "
                              f"workers")
+        probe_shards(self.shards, spec, timeout_s=float(_cfg(data_cfg, "shard_timeout_s")))
         self.stream_kw = dict(
             shuffle_buffer=int(_cfg(data_cfg, "shuffle_buffer")),
             shards_per_chunk=int(_cfg(data_cfg, "shards_per_chunk")),
@@ -441,6 +444,26 @@ class TrainLoader:
         warnings.warn(f"loader state saved with rank/world/workers {sd['rank']}/{sd['world_size']}/"
                       f"{sd['num_streams']}, now {self.rank}/{self.world_size}/{self.num_streams}: "
                       f"restarting shard streams at {where}")
+
+
+PROBE_SHARDS = 8
+
+
+def probe_shards(shards: list[str], spec: str, timeout_s: float = 60.0) -> None:
+    """Fail at start, in one line, when the first shards hold no usable sample at all.
+
+    Streams each probed shard only until its first decodable (image, caption) pair, so a healthy
+    dataset costs one small read. Eight bad shards in a row is a broken pattern (wrong files,
+    wrong format), not link rot; isolated bad shards are skipped and counted during training."""
+    counters: Counter = Counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the one-line error below says it all
+        for url in shards[:PROBE_SHARDS]:
+            for sample in iter_tar_samples(url, counters, retries=0, timeout_s=timeout_s):
+                if decode_sample(sample, counters) is not None:
+                    return
+    raise ValueError(f"data.train_shards: the first {min(len(shards), PROBE_SHARDS)} shard(s) of {spec!r} hold no "
+                     f"usable sample (readable tar with an image and a caption); skipped: {dict(counters)}")
 
 
 def build_train_loader(data_cfg, *, text_length: int, global_batch_size: int, seed: int,

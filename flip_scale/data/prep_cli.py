@@ -60,6 +60,12 @@ def main_prep(argv: list[str]) -> int:
     """Entry point of `flip-scale prep`; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
+        for name in ("vocab_size", "samples", "samples_per_shard", "image_size", "processes", "threads"):
+            value = getattr(args, name, None)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if args.cmd == "tokenizer" and args.vocab_size < 16:
+            raise ValueError(f"--vocab-size {args.vocab_size} is too small for a WordPiece vocabulary (>= 16)")
         if args.cmd == "download":
             from .download import DownloadConfig, download
 

@@ -58,9 +58,22 @@ def _check_inputs(args) -> str | None:
     return None
 
 
+def _variant(args, mask: float) -> str:
+    """'' for the run's standard evaluation; else a file-name-safe tag of what differs."""
+    parts = []
+    if args.templates is not None:
+        parts.append(f"templates{Path(args.templates).stem if os.path.isfile(args.templates) else args.templates}")
+    if args.mask_ratio is not None and mask != _recipe_mask_ratio(args):
+        parts.append(f"mask{mask:g}")
+    return "_".join(parts)
+
+
 def _mask_ratio(args) -> float:
-    if args.mask_ratio is not None:
-        return args.mask_ratio
+    return args.mask_ratio if args.mask_ratio is not None else _recipe_mask_ratio(args)
+
+
+def _recipe_mask_ratio(args) -> float:
+    """The run's own model.eval_mask_ratio (0 = full image, FLIP's way)."""
     import yaml
 
     from ..checkpoint import resolve_checkpoint
@@ -115,6 +128,9 @@ def main_eval(argv: list[str]) -> int:
         result.update(_provenance(args.checkpoint))
         if mask:
             result["image_mask_ratio"] = mask
+        variant = _variant(args, mask)
+        if variant:
+            result["variant"] = variant
         result["world_size"] = denv.world_size
         if denv.is_main:
             _write_outputs(result, args)
@@ -129,7 +145,10 @@ def _write_outputs(result: dict, args) -> None:
     targets = [Path(args.json)] if args.json else []
     run_dir = Path(args.checkpoint)
     if (run_dir / "config.yaml").is_file():  # a run directory: keep results with the run
-        targets.append(run_dir / "eval" / f"{result['dataset']}.json")
+        # An ablation setting (other templates, a mask) gets its own file: eval/<dataset>.json
+        # stays the run's standard result, the one reports use.
+        suffix = f"__{result['variant']}" if result.get("variant") else ""
+        targets.append(run_dir / "eval" / f"{result['dataset']}{suffix}.json")
     for path in targets:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")

@@ -113,8 +113,10 @@ class Progress:
 
     def __init__(self, label: str, enabled: bool, total: int | None = None):
         self.label, self.enabled, self.total = label, enabled, total
-        self.done, self.start, self.last = 0, time.time(), 0.0
+        self.done, self.start = 0, time.time()
+        self.last = self.start  # off a terminal: the first line after 10 s, not at once
         self.tty = enabled and sys.stderr.isatty()
+        self.last_written = -1
 
     def update(self, n: int) -> None:
         self.done += n
@@ -124,13 +126,14 @@ class Progress:
             self._write("\r" if self.tty else "", "" if self.tty else "\n")
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and (self.tty or self.last_written != self.done):
             self._write("\r" if self.tty else "", "\n")
 
     def _write(self, head: str, tail: str) -> None:
         rate = self.done / max(time.time() - self.start, 1e-9)
         of = f"/{self.total}" if self.total else ""
         sys.stderr.write(f"{head}{self.label}: {self.done}{of} ({rate:.1f}/s){tail}")
+        self.last_written = self.done
         sys.stderr.flush()
 
 

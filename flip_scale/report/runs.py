@@ -156,6 +156,8 @@ def load_run(path: str | Path) -> Run:
     evals = {}
     for f in sorted((path / "eval").glob("*.json")):
         result = json.loads(f.read_text())
+        if result.get("variant"):  # an ablation setting (templates, masked inference), not the run's result
+            continue
         evals[result.get("dataset", f.stem)] = result
     return Run(path.name, path, config, _read_jsonl(path / "metrics.jsonl"), summary, evals)
 

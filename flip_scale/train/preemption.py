@@ -7,6 +7,7 @@ locally: otherwise one rank would leave a collective the others are still in.
 """
 from __future__ import annotations
 
+import os
 import signal
 
 # Distinct exit status of a run that saved and stopped on request (EX_TEMPFAIL: "try again").
@@ -33,6 +34,12 @@ class StopFlag:
         return self
 
     def _handle(self, signum, frame):
+        if self.signum is not None:
+            # A second signal: the run is stuck somewhere a step end never comes (e.g. waiting
+            # on data). Die the default way rather than ignore the user or the scheduler.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         self.signum = signum
 
     @property

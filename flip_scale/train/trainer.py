@@ -96,6 +96,8 @@ class Trainer:
         self.backend = get_backend_class(cfg.parallel.backend)(cfg, denv, self.device)
         self.backend.parallelize(model)
         self.step, self.samples_seen = 0, 0
+        self.prior_wall_s = 0.0  # wall time of the earlier segments of a resumed run
+        self.segment_start = time.time()
         latest = ckpt_lib.find_latest(self.ckpt_root, log=self._say)
         if latest is not None:
             self._resume(latest)
@@ -120,6 +122,7 @@ class Trainer:
                              f"{self.cfg.parallel.backend}; use train.init_from to start from its weights")
         self.backend.load(ckpt)
         self.step, self.samples_seen = int(meta["step"]), int(meta["samples_seen"])
+        self.prior_wall_s = float(meta.get("wall_time_s", 0.0))
         if old_world == self.denv.world_size:
             state = ckpt_lib.load_rank_state(ckpt, self.denv.rank)
             self.loader.load_state_dict(state["loader"])
@@ -152,6 +155,7 @@ class Trainer:
 
     def save(self) -> Path:
         meta = {"samples_seen": self.samples_seen, "world_size": self.denv.world_size,
+                "wall_time_s": self.prior_wall_s + time.time() - self.segment_start,
                 "backend": self.cfg.parallel.backend, "global_batch_size": self.cfg.train.global_batch_size}
         rank_state = {"loader": self.loader.state_dict(), "rng": _rng_state()}
         delay = float(os.environ.get(SAVE_DELAY_ENV, "0") or 0)
@@ -179,7 +183,7 @@ class Trainer:
         return a > 0, b > 0
 
     def evaluate(self) -> dict:
-        """Zero-shot on eval.zeroshot (every rank takes a slice); logged against samples seen."""
+        """Zero-shot on eval.zeroshot (every rank takes a slice); returns `eval/<dataset>/<metric>` keys."""
         from ..eval import evaluate_zeroshot
 
         cfg = self.cfg
@@ -188,13 +192,11 @@ class Trainer:
                                    self.device, rank=self.denv.rank, world_size=self.denv.world_size,
                                    image_mask_ratio=cfg.model.eval_mask_ratio)
         name = result.get("dataset", "zeroshot")
-        record = {"step": self.step, "samples_seen": self.samples_seen}
-        record.update({f"eval/{name}/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
-        self.metrics.log(record)
         self._say(f"eval {name} at step {self.step}: acc1 {result.get('acc1', float('nan')):.4f} "
                   f"acc5 {result.get('acc5', float('nan')):.4f}")
         self.evals[name] = {**result, "step": self.step, "samples_seen": self.samples_seen}
-        return result
+        # Keys for this step's metrics record, so accuracy-vs-samples curves come from metrics.jsonl.
+        return {f"eval/{name}/{k}": v for k, v in result.items() if isinstance(v, (int, float))}
 
     def train(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
@@ -205,7 +207,7 @@ class Trainer:
         model.train()
         nan_steps = {int(x) for x in os.environ.get(NAN_STEPS_ENV, "").split(",") if x.strip()}
         stop_flag = StopFlag().install()
-        start_wall = time.time()
+        start_wall = self.segment_start = time.time()
         start_step = self.step
         window_start, data_time = time.time(), 0.0
         loss_sum = torch.zeros((), device=self.device)
@@ -261,8 +263,14 @@ class Trainer:
                         from torch.distributed.distributed_c10d import _set_pg_timeout as set_timeout
                     set_timeout(datetime.timedelta(seconds=cfg.parallel.timeout_s))
                 last_step = self.step == total_steps
-                if (self.step % t.log_every_steps == 0 or last_step) and loss_count:
-                    elapsed = max(time.time() - window_start, 1e-9)
+                do_eval = bool(cfg.eval.zeroshot) and (
+                    bool(cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0) or last_step)
+                window_end = time.time()  # evaluation time stays out of the training throughput
+                eval_fields = self.evaluate() if do_eval else {}
+                if eval_fields and not loss_count:  # every step of this window was skipped
+                    self.metrics.log({"step": self.step, "samples_seen": self.samples_seen, **eval_fields})
+                if (self.step % t.log_every_steps == 0 or last_step or do_eval) and loss_count:
+                    elapsed = max(window_end - window_start, 1e-9)
                     mean_loss = self._reduce_mean(loss_sum / loss_count)
                     last_loss = mean_loss
                     first_logged_loss = mean_loss if first_logged_loss is None else first_logged_loss
@@ -279,6 +287,7 @@ class Trainer:
                         record["mfu"] = self.model_flops * sps / (self.peak_flops * self.denv.world_size)
                     for key, value in getattr(self.loader, "counters", lambda: {})().items():
                         record[f"skipped/{key}"] = value
+                    record.update(eval_fields)
                     self.metrics.log(record)
                     done = self.step - start_step
                     eta = (time.time() - start_wall) / max(done, 1) * (total_steps - self.step)
@@ -286,9 +295,6 @@ class Trainer:
                               f"loss {mean_loss:.4f}  lr {lr:.2e}  {sps:.1f} samples/s  ETA {_fmt_time(eta)}")
                     loss_sum.zero_()
                     loss_count, data_time, window_start = 0, 0.0, time.time()
-                if cfg.eval.zeroshot and ((cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0)
-                                          or last_step):
-                    self.evaluate()
                 every = cfg.checkpoint.every_steps
                 if (every and self.step % every == 0) or last_step or stop:
                     self.save()
@@ -314,7 +320,10 @@ class Trainer:
             stop_flag.uninstall()
         wall = time.time() - start_wall
         summary = {
-            "samples_seen": self.samples_seen, "steps": self.step, "wall_time_s": wall,
+            # wall_time_s adds up every segment of a resumed run (up to each one's last checkpoint);
+            # samples_per_sec is this segment's rate.
+            "samples_seen": self.samples_seen, "steps": self.step, "wall_time_s": self.prior_wall_s + wall,
+            "segment_wall_time_s": wall, "resumed_at_step": start_step,
             "samples_per_sec": (self.step - start_step) * G / max(wall, 1e-9), "final_loss": last_loss,
             "first_logged_loss": first_logged_loss, "world_size": self.denv.world_size,
             "backend": cfg.parallel.backend, "model": cfg.model.name, "mask_ratio": cfg.model.mask_ratio,
