@@ -130,3 +130,9 @@ def test_missing_recipe_file(tmp_path):
 
 def test_data_config_defaults_are_paper_like():
     assert DataConfig().image_size == 224
+
+
+def test_packaged_demo_recipe_is_the_tiny_recipe():
+    """`flip-scale demo` falls back to the packaged copy when installed without recipes/."""
+    packaged = ROOT / "flip_scale" / "assets" / "tiny.yaml"
+    assert packaged.read_text() == TINY.read_text()
