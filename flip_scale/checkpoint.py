@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from .distributed.env import barrier
+from .fileio import write_text_atomic
 
 META = "meta.json"
 LATEST = "latest"
@@ -32,15 +33,6 @@ def _rank() -> int:
 
 def step_name(step: int) -> str:
     return f"step_{step:08d}"
-
-
-def _fsync_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def is_complete(ckpt: Path) -> bool:
@@ -59,15 +51,11 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
 
 
 def find_latest(ckpt_root: Path, log=print) -> Path | None:
-    """The newest complete checkpoint; an incomplete newer one is reported and passed over."""
-    ckpt_root = Path(ckpt_root)
-    candidates = list_checkpoints(ckpt_root)
-    pointer = ckpt_root / LATEST
-    if pointer.is_file():
-        named = ckpt_root / pointer.read_text().strip()
-        if named.is_dir() and is_complete(named) and named == (candidates[-1] if candidates else None):
-            return named
-    for ckpt in reversed(candidates):
+    """The newest complete checkpoint; an incomplete newer one is reported and passed over.
+
+    Found by scanning rather than by reading `latest`: the pointer always names the newest
+    complete folder (it moves last), so the scan agrees with it, and also copes when it is gone."""
+    for ckpt in reversed(list_checkpoints(Path(ckpt_root))):
         if is_complete(ckpt):
             return ckpt
         log(f"checkpoint {ckpt} is incomplete or unreadable; falling back to an earlier one")
@@ -96,11 +84,11 @@ def save_checkpoint(ckpt_root: Path, step: int, backend, rank_state: dict, meta:
         time.sleep(test_delay_s)
     barrier()
     if _rank() == 0:
-        _fsync_write(tmp / META, json.dumps({**meta, "step": step}, indent=1))
+        write_text_atomic(tmp / META, json.dumps({**meta, "step": step}, indent=1), durable=True)
         if final.exists():  # re-saving the same step (e.g. final save right after a periodic one)
             shutil.rmtree(final)
         os.rename(tmp, final)
-        _fsync_write(ckpt_root / LATEST, final.name)
+        write_text_atomic(ckpt_root / LATEST, final.name, durable=True)
         prune_checkpoints(ckpt_root, keep)
     barrier()
     return final

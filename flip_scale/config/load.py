@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from ..fileio import write_text_atomic
 from .schema import Config
 
 
@@ -261,12 +262,8 @@ def dump_config(cfg: Config) -> str:
 
 
 def write_config(cfg: Config, run_dir: str | os.PathLike) -> Path:
-    path = Path(run_dir) / "config.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(dump_config(cfg))
-    os.replace(tmp, path)
-    return path
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    return write_text_atomic(Path(run_dir) / "config.yaml", dump_config(cfg))
 
 
 def config_from_dict(data: dict, source: str = "config.yaml") -> Config:

@@ -21,6 +21,8 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
+from ..fileio import write_text_atomic
+
 MANIFEST = "manifest.json"
 # Columns worth keeping beside each sample when the input has them (LAION-400M: NSFW,
 # similarity, LICENSE; LAION-2B-en joined: punsafe, pwatermark).
@@ -220,10 +222,7 @@ def download(cfg: DownloadConfig, quiet: bool = False) -> dict:
     manifest = summarize_shards(cfg.output)
     manifest.update({"output": os.path.abspath(cfg.output), "wall_time_s": round(time.time() - start, 2),
                      "filter": filter_stats, "settings": asdict(cfg)})
-    tmp = manifest_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=2)
-    os.replace(tmp, manifest_path)
+    write_text_atomic(manifest_path, json.dumps(manifest, indent=2))
     if not quiet:
         print(format_summary(manifest), flush=True)
     return manifest

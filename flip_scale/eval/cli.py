@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from ..fileio import write_text_atomic
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flip-scale eval",
@@ -151,7 +153,5 @@ def _write_outputs(result: dict, args) -> None:
         targets.append(run_dir / "eval" / f"{result['dataset']}{suffix}.json")
     for path in targets:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
         print(f"wrote {path}", file=sys.stderr)

@@ -24,24 +24,24 @@ def build_model_from_config(cfg: Config, tokenizer_vocab_size: int | None = None
     return model
 
 
-def tokenizer_spec_for_run(cfg: Config, run_dir: str | Path) -> str:
-    """The run directory keeps its own copy of the tokenizer so a run is self-contained."""
+def _run_copy(cfg: Config, run_dir: str | Path) -> Path | None:
+    """Where the run directory keeps its own copy of the tokenizer (None for `builtin`)."""
     spec = cfg.data.tokenizer
     if spec == "builtin":
-        return spec
-    for name in ("tokenizer.json", "vocab.txt"):
-        if (Path(run_dir) / name).is_file() and Path(spec).name.endswith(Path(name).suffix):
-            return str(Path(run_dir) / name)
-    return spec
+        return None
+    return Path(run_dir) / ("vocab.txt" if spec.endswith(".txt") else "tokenizer.json")
+
+
+def tokenizer_spec_for_run(cfg: Config, run_dir: str | Path) -> str:
+    """The run's own copy when it has one, so a run directory stays self-contained."""
+    copy = _run_copy(cfg, run_dir)
+    return str(copy) if copy is not None and copy.is_file() else cfg.data.tokenizer
 
 
 def snapshot_tokenizer(cfg: Config, run_dir: str | Path) -> None:
-    spec = cfg.data.tokenizer
-    if spec == "builtin" or not Path(spec).is_file():
-        return
-    dst = Path(run_dir) / ("vocab.txt" if spec.endswith(".txt") else "tokenizer.json")
-    if not dst.exists():
-        shutil.copyfile(spec, dst)
+    copy = _run_copy(cfg, run_dir)
+    if copy is not None and Path(cfg.data.tokenizer).is_file() and not copy.exists():
+        shutil.copyfile(cfg.data.tokenizer, copy)
 
 
 def adapt_weights(state_dict: dict, model: FlipModel) -> dict:

@@ -22,9 +22,10 @@ from ..data.tokenizer import load_tokenizer
 from ..distributed.backends import get_backend_class
 from ..distributed.env import DistEnv, cleanup, detect_env, init_distributed, select_device
 from ..loss import clip_loss
-from ..metrics import MetricsWriter, device_peak_flops, max_memory_gb
+from ..fileio import write_text_atomic
+from ..metrics import MetricsWriter, device_peak_flops, max_memory_gb, read_jsonl
 from ..models import masking_noise, train_flops_per_sample
-from .build import adapt_weights, build_model_from_config, snapshot_tokenizer, tokenizer_spec_for_run
+from .build import adapt_weights, build_model_from_config, snapshot_tokenizer
 from .optim import lr_at
 from .preemption import PREEMPTED_EXIT_CODE, STOP_SIGNALS, Preempted, StopFlag
 
@@ -81,8 +82,7 @@ class Trainer:
         if denv.is_main:
             write_config(cfg, self.run_dir)
             snapshot_tokenizer(cfg, self.run_dir)
-        self.tokenizer = load_tokenizer(tokenizer_spec_for_run(cfg, self.run_dir) if denv.is_main else cfg.data.tokenizer,
-                                        cfg.model.text_length)
+        self.tokenizer = load_tokenizer(cfg.data.tokenizer, cfg.model.text_length)
         # The loader comes before the model: a recipe pointing at no shards fails in seconds.
         try:
             self.loader = build_train_loader(cfg.data, text_length=cfg.model.text_length,
@@ -142,16 +142,8 @@ class Trainer:
         path = self.run_dir / "metrics.jsonl"
         if not self.denv.is_main or not path.is_file():
             return
-        keep = []
-        for line in path.read_text().splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    keep.append(line)
-            except ValueError:  # a line cut by the kill
-                continue
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, path)
+        keep = [r for r in read_jsonl(path) if r.get("step", 0) <= step]  # drops a line cut by the kill
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def save(self) -> Path:
         meta = {"samples_seen": self.samples_seen, "world_size": self.denv.world_size,
@@ -212,7 +204,7 @@ class Trainer:
         window_start, data_time = time.time(), 0.0
         loss_sum = torch.zeros((), device=self.device)
         loss_count = 0
-        nonfinite_steps = int(getattr(self, "nonfinite_steps", 0))
+        nonfinite_steps = 0
         last_loss = float("nan")
         first_logged_loss = None
         it = iter(self.loader)
@@ -254,7 +246,6 @@ class Trainer:
                     loss_count += 1
                 self.step += 1
                 self.samples_seen += G
-                self.nonfinite_steps = nonfinite_steps
                 if self.step == start_step + WARM_STEPS and dist.is_initialized():
                     # Start-up (compile, loading, first allocations) is over: from now on a dead
                     # or hung peer should end the job in timeout_s, not after the long init timeout.
@@ -285,7 +276,7 @@ class Trainer:
                     }
                     if self.peak_flops:
                         record["mfu"] = self.model_flops * sps / (self.peak_flops * self.denv.world_size)
-                    for key, value in getattr(self.loader, "counters", lambda: {})().items():
+                    for key, value in self.loader.counters().items():
                         record[f"skipped/{key}"] = value
                     record.update(eval_fields)
                     self.metrics.log(record)
@@ -328,15 +319,13 @@ class Trainer:
             "first_logged_loss": first_logged_loss, "world_size": self.denv.world_size,
             "backend": cfg.parallel.backend, "model": cfg.model.name, "mask_ratio": cfg.model.mask_ratio,
             "global_batch_size": G, "nonfinite_loss_steps": nonfinite_steps,
-            "skipped": dict(getattr(self.loader, "counters", lambda: {})()), "evals": self.evals,
+            "skipped": dict(self.loader.counters()), "evals": self.evals,
         }
         if self.denv.is_main:
             for name, result in self.evals.items():
                 (self.run_dir / "eval").mkdir(exist_ok=True)
-                (self.run_dir / "eval" / f"{name}.json").write_text(json.dumps(result, indent=1))
-            tmp = self.run_dir / "summary.json.tmp"
-            tmp.write_text(json.dumps(summary, indent=1))
-            os.replace(tmp, self.run_dir / "summary.json")
+                write_text_atomic(self.run_dir / "eval" / f"{name}.json", json.dumps(result, indent=1))
+            write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=1))
         self.metrics.close()
         return summary
 
