@@ -21,21 +21,18 @@ def _one_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else repr(e)
 
 
-def _is_main_rank() -> bool:
-    import os
-
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0) == 0
 
 
 def cmd_train(args) -> int:
     from .config import ConfigError, dump_config, load_recipe
     from .distributed.env import detect_env
 
+    denv = detect_env()
     try:
-        cfg = load_recipe(args.recipe, args.overrides, world_size=detect_env().world_size)
+        cfg = load_recipe(args.recipe, args.overrides, world_size=denv.world_size)
     except ConfigError as e:
         # Every rank reads the same recipe and fails the same way: one line, from rank 0.
-        return _error(str(e)) if _is_main_rank() else 2
+        return _error(str(e)) if denv.is_main else 2
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0

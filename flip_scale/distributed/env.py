@@ -65,6 +65,13 @@ def detect_env(environ: dict | None = None) -> DistEnv:
     return DistEnv()
 
 
+def process_group_args(device: torch.device) -> tuple[str, dict]:
+    """(backend, extra init_process_group kwargs) for a device: NCCL bound to the GPU, else gloo."""
+    if device.type == "cuda":
+        return "nccl", {"device_id": device}
+    return "gloo", {}
+
+
 def init_distributed(denv: DistEnv, device: torch.device, timeout_s: float = 1800.0) -> None:
     """Join the process group: NCCL on GPUs, gloo on CPU."""
     if not denv.distributed or dist.is_initialized():
@@ -74,8 +81,7 @@ def init_distributed(denv: DistEnv, device: torch.device, timeout_s: float = 180
         os.environ.setdefault("MASTER_PORT", str(slurm_master_port(os.environ.get("SLURM_JOB_ID", "0"))))
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29500")
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    kwargs = {"device_id": device} if device.type == "cuda" else {}
+    backend, kwargs = process_group_args(device)
     dist.init_process_group(backend, rank=denv.rank, world_size=denv.world_size,
                             timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
 

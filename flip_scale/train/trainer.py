@@ -113,7 +113,7 @@ class Trainer:
     def _resume(self, ckpt: Path) -> None:
         meta = ckpt_lib.read_meta(ckpt)
         old_world = int(meta.get("world_size", self.denv.world_size))
-        if old_world != self.denv.world_size and not getattr(self.backend, "supports_resharding", True):
+        if old_world != self.denv.world_size and not self.backend.supports_resharding:
             raise ValueError(f"{ckpt}: saved by {old_world} ranks with parallel.backend={self.cfg.parallel.backend}, "
                              f"which resumes only at the same world size (now {self.denv.world_size}); "
                              f"relaunch with {old_world} ranks")
@@ -123,15 +123,13 @@ class Trainer:
         self.backend.load(ckpt)
         self.step, self.samples_seen = int(meta["step"]), int(meta["samples_seen"])
         self.prior_wall_s = float(meta.get("wall_time_s", 0.0))
+        # Elastic resume reads a surviving rank's state: the synthetic position is global and the
+        # loader re-deals shard streams itself; RNG streams are per rank and cannot carry over.
+        state = ckpt_lib.load_rank_state(ckpt, min(self.denv.rank, old_world - 1))
+        self.loader.load_state_dict(state["loader"])
         if old_world == self.denv.world_size:
-            state = ckpt_lib.load_rank_state(ckpt, self.denv.rank)
-            self.loader.load_state_dict(state["loader"])
             _set_rng_state(state["rng"])
         else:
-            # Elastic resume: the synthetic position is global; shard streams are re-dealt by
-            # the loader itself. RNG streams are per rank and cannot carry over.
-            state = ckpt_lib.load_rank_state(ckpt, min(self.denv.rank, old_world - 1))
-            self.loader.load_state_dict(state["loader"])
             self._say(f"world size changed {old_world} -> {self.denv.world_size}: same global batch, "
                       f"data position carried over, per-rank RNG reseeded")
         self._truncate_metrics(self.step)

@@ -38,6 +38,8 @@ class Backend:
     """Owns wrapping, precision, backward, optimizer step and checkpoint I/O for one strategy."""
 
     name = "base"
+    # Whether a checkpoint resumes on another world size (replicated or DCP-resharded state).
+    supports_resharding = True
 
     def __init__(self, cfg: Config, denv: DistEnv, device: torch.device):
         self.cfg, self.denv, self.device = cfg, denv, device

@@ -13,12 +13,13 @@ import datetime
 import torch
 import torch.distributed as dist
 
+from ..env import process_group_args
+
 
 def ensure_process_group(device: torch.device) -> None:
     if dist.is_initialized():
         return
     store = dist.TCPStore("127.0.0.1", 0, world_size=1, is_master=True)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    kwargs = {"device_id": device} if device.type == "cuda" else {}
+    backend, kwargs = process_group_args(device)
     dist.init_process_group(backend, store=store, rank=0, world_size=1,
                             timeout=datetime.timedelta(seconds=1800), **kwargs)
