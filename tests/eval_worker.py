@@ -8,13 +8,12 @@ import json
 import sys
 
 import torch
-import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import register_fsdp_forward_method
 
 import flip_scale
 from flip_scale.distributed.backends.fsdp import apply_fsdp
-from flip_scale.distributed.env import detect_env, init_distributed
+from flip_scale.distributed.env import cleanup, detect_env, init_distributed
 from flip_scale.eval import evaluate_retrieval, evaluate_zeroshot
 
 
@@ -32,7 +31,7 @@ def main(run_dir, zeroshot_dir, retrieval_dir, batch_size):
     ret = evaluate_retrieval(model, tokenizer, transform.image_size, retrieval_dir, device, **kw)
     if denv.rank == 0:
         print(json.dumps({"zeroshot": zs, "retrieval": ret, "training_after": model.training}), flush=True)
-    dist.destroy_process_group()
+    cleanup(synchronize=True)  # as the CLI does: wait for in-flight FSDP2 gloo work before teardown
 
 
 if __name__ == "__main__":

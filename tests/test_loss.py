@@ -59,6 +59,7 @@ def _worker(rank, port, out_dir):
     lossavg = loss.detach().clone()
     dist.all_reduce(lossavg)
     torch.save({"loss": lossavg / WORLD, "gi": li.grad, "gt": lt.grad, "gs": gs / WORLD}, f"{out_dir}/rank{rank}.pt")
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -100,6 +100,13 @@ def barrier() -> None:
         dist.barrier()
 
 
-def cleanup() -> None:
+def cleanup(synchronize: bool = False) -> None:
+    """Leave the process group. On a normal finish pass synchronize=True: the barrier waits for
+    every rank and, on gloo, for this rank's queued async work (FSDP2 prefetches all-gathers), so
+    no rank tears its group down while a peer or a worker thread still uses it; tearing down
+    under in-flight gloo work can abort the process ("terminate called without an active
+    exception"). After an error skip it: a dead peer would make the barrier hang."""
     if dist.is_available() and dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()

@@ -113,6 +113,7 @@ def main_eval(argv: list[str]) -> int:
     except RuntimeError as e:
         return _error(str(e).replace("train.device", "--device"))
     init_distributed(denv, device)
+    finished = False
     try:
         model, tokenizer, transform = load_for_inference(args.checkpoint, device=device)
         mask = _mask_ratio(args)
@@ -137,9 +138,10 @@ def main_eval(argv: list[str]) -> int:
         if denv.is_main:
             _write_outputs(result, args)
             print(json.dumps(result), flush=True)
+        finished = True
         return 0
     finally:
-        cleanup()
+        cleanup(synchronize=finished)
 
 
 def _write_outputs(result: dict, args) -> None:

@@ -335,8 +335,11 @@ def _looks_like_collective_failure(e: Exception) -> bool:
 
 def run_training(cfg: Config) -> dict:
     trainer = Trainer(cfg)
+    finished = False
     try:
         trainer.setup()
-        return trainer.train()
+        summary = trainer.train()
+        finished = True
+        return summary
     finally:
-        cleanup()
+        cleanup(synchronize=finished)
