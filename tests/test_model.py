@@ -68,6 +68,39 @@ def test_masking_noise_depends_on_sample_index_only():
     assert not torch.equal(a[0], a[1])
 
 
+def _splitmix64_reference(seed: int, index: int, patch: int) -> float:
+    """masking_noise's definition in plain Python integers (uint64 arithmetic)."""
+    M = 2**64 - 1
+
+    def mix(z):
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M
+        return z ^ (z >> 31)
+
+    key = mix(mix(seed % 2**63) ^ index)
+    return (mix((key + (patch + 1) * 0x9E3779B97F4A7C15) & M) >> 11) / 2**53
+
+
+def test_masking_noise_is_splitmix64_of_seed_index_and_patch():
+    idx = torch.tensor([0, 1, 12_799_999_999, 2**40 + 3])  # up to beyond 12.8B samples
+    got = masking_noise(11, idx, 7)
+    want = torch.tensor([[_splitmix64_reference(11, i, n) for n in range(7)] for i in idx.tolist()],
+                        dtype=torch.float64)
+    assert got.dtype == torch.float64 and torch.equal(got, want)
+
+
+def test_masking_noise_gives_uniform_masks():
+    """Every patch position is kept equally often, and the kept sets of samples are independent."""
+    N, B = 16, 4096
+    noise = masking_noise(0, torch.arange(B), N)
+    assert 0.0 <= noise.min() and noise.max() < 1.0
+    _, ids = random_masking(torch.zeros(B, N, 1), 0.5, noise)
+    freq = torch.bincount(ids.flatten(), minlength=N).float() / B
+    assert torch.allclose(freq, torch.full((N,), 0.5), atol=0.04), freq  # binomial sd ~0.008
+    # distinct seeds give different masks for the same sample
+    assert not torch.equal(masking_noise(0, torch.arange(4), N), masking_noise(1, torch.arange(4), N))
+
+
 def test_encoder_runs_only_on_kept_tokens_and_eval_uses_all():
     m = create_model("tiny", mask_ratio=0.75)
     seen = []

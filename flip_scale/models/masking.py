@@ -28,14 +28,38 @@ def random_masking(x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | Non
     return kept, ids_keep
 
 
-def masking_noise(seed: int, sample_index: torch.Tensor, num_patches: int) -> torch.Tensor:
-    """Uniform noise [B, N] that depends only on (seed, global sample index).
+# splitmix64 (Steele et al. 2014, the seeder of Java's SplittableRandom and xoshiro): a counter
+# hashed to 64 well-mixed bits. Constants above 2**63 are written as their signed int64 values.
+_GOLDEN = 0x9E3779B97F4A7C15 - 2**64
+_M1 = 0xBF58476D1CE4E5B9 - 2**64
+_M2 = 0x94D049BB133111EB - 2**64
+
+
+def _shr(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic; mask off the copied sign bits)."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def _mix64(z: torch.Tensor) -> torch.Tensor:
+    """splitmix64's finaliser on an int64 tensor; multiplication wraps modulo 2**64 like uint64."""
+    z = (z ^ _shr(z, 30)) * _M1
+    z = (z ^ _shr(z, 27)) * _M2
+    return z ^ _shr(z, 31)
+
+
+def masking_noise(seed: int, sample_index: torch.Tensor, num_patches: int,
+                  device: torch.device | str | None = None) -> torch.Tensor:
+    """Uniform noise [B, N] in [0, 1) (float64) that depends only on (seed, global sample index).
 
     A run's masks then do not depend on the world size, the rank that computed a sample or
-    where the run was resumed (each sample gets its own small generator; cheap next to a step).
+    where the run was resumed. Counter-based: noise[b, n] = splitmix64(key(seed, index_b) +
+    (n + 1) * golden), all samples and patches in a few vectorised integer ops, on `device`
+    (the GPU in training, so no [B, N] host-to-device copy). 53 bits per value: ties, which
+    would let argsort's order differ between devices, have probability ~N^2 / 2^54.
     """
-    rows = []
-    for idx in sample_index.tolist():
-        g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(idx) * 7919 + 17) % (2**63 - 1))
-        rows.append(torch.rand(num_patches, generator=g))
-    return torch.stack(rows) if rows else torch.empty(0, num_patches)
+    device = torch.device(device) if device is not None else sample_index.device
+    idx = sample_index.to(device=device, dtype=torch.int64).view(-1, 1)
+    key = _mix64(_mix64(torch.tensor(int(seed) % 2**63, dtype=torch.int64, device=device)) ^ idx)
+    counters = torch.arange(1, num_patches + 1, dtype=torch.int64, device=device) * _GOLDEN
+    bits = _mix64(key + counters)
+    return _shr(bits, 11).to(torch.float64) * 2.0**-53

@@ -219,7 +219,7 @@ class Trainer:
                 noise = None
                 if cfg.model.mask_ratio > 0:
                     # Masks depend on (seed, global sample index) only: same masks at any world size.
-                    noise = masking_noise(t.seed, batch["index"], self.num_patches).to(self.device)
+                    noise = masking_noise(t.seed, batch["index"], self.num_patches, self.device)
                 with self.backend.autocast():
                     out = model(images, tokens, noise)
                 loss = clip_loss(*out[:3])

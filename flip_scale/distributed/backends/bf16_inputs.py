@@ -2,7 +2,7 @@
 compute copies) without autocast.
 
 Only the image input and each block's input are cast. Everything between stays as the model
-makes it: in particular the masking noise keeps fp32 (bf16's 8 mantissa bits would create
+makes it: in particular the masking noise keeps its float64 (bf16's 8 mantissa bits would create
 ties in its argsort: less random, biased masks), and so does the masked token selection.
 """
 from __future__ import annotations

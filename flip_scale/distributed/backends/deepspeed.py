@@ -8,7 +8,7 @@ no DeepSpeed scheduler: the trainer sets the lr every step through `step(lr)`.
 Precision: with bf16 DeepSpeed keeps bf16 working weights and fp32 master weights inside the
 ZeRO optimizer. Autocast is off: the weights already are bf16, and CPU autocast cannot mix
 fp32 LayerNorm inputs with bf16 weights. Instead the image input and each block's input are
-cast to bf16 (bf16_inputs.py); the masking noise stays fp32.
+cast to bf16 (bf16_inputs.py); the masking noise keeps its float64.
 
 On CPU (tests, the demo machine) DeepSpeed selects its CPU accelerator by itself when no GPU is
 visible (DS_ACCELERATOR=cpu forces it) and reuses the gloo process group the trainer opened.
