@@ -12,6 +12,7 @@ import sys
 
 from .config import ConfigError, load_recipe
 from .config.schema import Config
+from .models.masking import num_text_kept
 from .models.sizes import get_size
 from .planning.compute import DEFAULT_MFU, plan_compute
 from .planning.hardware import GPUS, get_gpu
@@ -33,16 +34,18 @@ def make_plan(cfg: Config, nodes: int, gpus_per_node: int, gpu: str, mfu: float 
     size = get_size(m.name, image_size=cfg.data.image_size, text_length=m.text_length)
     peak = spec.peak_flops[p.precision]
     compute = {ck: plan_compute(size, mask_ratio=m.mask_ratio, text_length=m.text_length, samples=t.samples,
-                                gpus=world, peak_flops_per_gpu=peak, mfu=mfu, checkpointing=ck)
+                                gpus=world, peak_flops_per_gpu=peak, mfu=mfu, checkpointing=ck,
+                                text_mask_ratio=m.text_mask_ratio)
                for ck in (False, True)}
-    memory = {ck: plan_memory(size, mask_ratio=m.mask_ratio, text_length=m.text_length, precision=p.precision,
+    memory = {ck: plan_memory(size, mask_ratio=m.mask_ratio, text_length=num_text_kept(m.text_length, m.text_mask_ratio),
+                              precision=p.precision,
                               backend=p.backend, zero_stage=p.zero_stage, checkpointing=ck, world_size=world,
                               global_batch=t.global_batch_size, capacity_gb=spec.memory_gb,
                               flash_attention=flash_attention)
               for ck in (False, True)}
     return {
         "recipe": getattr(cfg, "_recipe", None), "model": m.name, "mask_ratio": m.mask_ratio,
-        "text_length": m.text_length, "image_size": cfg.data.image_size, "params": param_counts(size),
+        "text_length": m.text_length, "text_mask_ratio": m.text_mask_ratio, "image_size": cfg.data.image_size, "params": param_counts(size),
         "samples": t.samples, "global_batch_size": t.global_batch_size, "nodes": nodes,
         "gpus_per_node": gpus_per_node, "world_size": world, "gpu": spec.name, "gpu_memory_gb": spec.memory_gb,
         "precision": p.precision, "backend": p.backend, "zero_stage": p.zero_stage,
@@ -69,7 +72,9 @@ def format_plan(plan: dict) -> str:
         f"{plan['backend']}{'' if plan['zero_stage'] is None else ' ZeRO-' + str(plan['zero_stage'])}, "
         f"{plan['precision']}, activation checkpointing {'on' if ck else 'off'}",
         f"model {plan['model']}: {pc['total'] / 1e6:.1f}M params (image {pc['image'] / 1e6:.1f}M, text "
-        f"{pc['text'] / 1e6:.1f}M), mask {plan['mask_ratio']:.2f}, {plan['image_size']} px, text length {plan['text_length']}",
+        f"{pc['text'] / 1e6:.1f}M), mask {plan['mask_ratio']:.2f}, {plan['image_size']} px, text length {plan['text_length']}"
+        + (f" ({plan['text_mask_ratio']:.0%} text masking: {num_text_kept(plan['text_length'], plan['text_mask_ratio'])} "
+           f"tokens in training)" if plan.get("text_mask_ratio") else ""),
         f"forward GFLOPs per sample: image {gf['image']:.1f} + text {gf['text']:.1f} = {gf['total']:.1f} "
         f"({c['flops_ratio_vs_unmasked']:.2f}x of unmasked {c['unmasked_forward_gflops']:.1f})",
         f"training: {plan['samples'] / 1e9:.3g}B samples x {c['model_flops_per_sample'] / 1e9:.0f} GFLOPs (3x forward) "

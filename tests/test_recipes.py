@@ -137,3 +137,37 @@ def test_run_headers_carry_the_planners_time(path):
     stated = float(re.search(r"^# Time: .*\(([\d,]+) GPU-days\)", text, re.M).group(1).replace(",", ""))
     plan = make_plan(load_plan_config(str(path), [], nodes * 8), nodes, 8, "h100")
     assert stated == round(plan["compute"]["gpu_days"])
+
+
+def _template_nodes(template: str) -> int:
+    import re
+    return int(re.search(r"^#SBATCH --nodes=(\d+)", (ROOT / template).read_text(), re.M).group(1))
+
+
+@pytest.mark.parametrize("path", RUNS, ids=lambda p: str(p.relative_to(ROOT / "recipes")))
+def test_header_command_names_real_files_and_the_headers_hardware(path):
+    """The `Command:` line runs THIS recipe on the header's node count, with files that exist."""
+    import re
+
+    text = path.read_text()
+    cmd = re.search(r"^# Command:\s+(.*)$", text, re.M).group(1)
+    for ref in re.findall(r"(?:slurm|recipes)/[\w./-]+\.(?:sh|yaml)", cmd):
+        assert (ROOT / ref).is_file(), f"{path.name}: its Command names {ref}, which does not exist"
+    primary = cmd.split("(")[0]
+    hardware = re.search(r"^# Hardware: (\d+) nodes", text, re.M)
+    rel = str(path.relative_to(ROOT))
+    direct = re.match(r"sbatch (slurm/\S+\.sh)", primary)
+    if direct:  # the template's own default recipe must be this one
+        tpl = (ROOT / direct.group(1)).read_text()
+        assert re.search(r'FLIP_RECIPE:=([^}"]+)', tpl).group(1) == rel, f"{direct.group(1)} trains another recipe"
+        nodes = _template_nodes(direct.group(1))
+    elif "--template" in primary:
+        assert rel in primary or "--tune" in primary, primary
+        if "--tune" in primary:
+            assert f"--tune {rel}" in primary
+        tpl = re.search(r"--template (slurm/\S+\.sh)", primary).group(1)
+        asked = re.search(r"--sbatch-arg=--nodes=(\d+)", primary)
+        nodes = int(asked.group(1)) if asked else _template_nodes(tpl)
+    else:
+        return  # an evaluation command (Table 1d): no job of its own
+    assert hardware and nodes == int(hardware.group(1)), f"{path.name}: command runs on {nodes} nodes"

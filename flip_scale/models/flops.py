@@ -7,7 +7,7 @@ recomputation. The planner, MFU and reports all read these functions.
 """
 from __future__ import annotations
 
-from .masking import num_kept
+from .masking import num_kept, num_text_kept
 from .sizes import ModelSize, get_size
 
 
@@ -31,22 +31,24 @@ def image_flops(size: ModelSize | str, mask_ratio: float = 0.0) -> float:
     return embed + blocks + proj
 
 
-def text_flops(size: ModelSize | str, text_length: int | None = None) -> float:
+def text_flops(size: ModelSize | str, text_length: int | None = None, text_mask_ratio: float = 0.0) -> float:
+    """Text tower forward FLOPs; with text masking (Table 1c) it runs on the kept tokens only."""
     size = get_size(size) if isinstance(size, str) else size
-    n = size.text_length if text_length is None else text_length
+    n = num_text_kept(size.text_length if text_length is None else text_length, text_mask_ratio)
     return transformer_flops(size.text_layers, size.text_width, n, size.mlp_ratio) + 2 * size.text_width * size.embed_dim
 
 
-def flops_per_sample(size: ModelSize | str, mask_ratio: float = 0.0, text_length: int | None = None) -> dict:
+def flops_per_sample(size: ModelSize | str, mask_ratio: float = 0.0, text_length: int | None = None,
+                     text_mask_ratio: float = 0.0) -> dict:
     """Forward FLOPs of one (image, caption) pair: {'image', 'text', 'total'}."""
     size = get_size(size) if isinstance(size, str) else size
-    img, txt = image_flops(size, mask_ratio), text_flops(size, text_length)
+    img, txt = image_flops(size, mask_ratio), text_flops(size, text_length, text_mask_ratio)
     return {"image": img, "text": txt, "total": img + txt}
 
 
 def train_flops_per_sample(size: ModelSize | str, mask_ratio: float = 0.0, text_length: int | None = None,
-                           activation_checkpointing: bool = False) -> float:
+                           activation_checkpointing: bool = False, text_mask_ratio: float = 0.0) -> float:
     """Model FLOPs of one training sample: forward + backward (2x), plus a recomputed forward
     when activations are checkpointed (hardware FLOPs; MFU counts the 3x model FLOPs)."""
     mult = 4.0 if activation_checkpointing else 3.0
-    return mult * flops_per_sample(size, mask_ratio, text_length)["total"]
+    return mult * flops_per_sample(size, mask_ratio, text_length, text_mask_ratio)["total"]

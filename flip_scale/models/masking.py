@@ -9,6 +9,12 @@ def num_kept(num_patches: int, mask_ratio: float) -> int:
     return int(num_patches * (1.0 - mask_ratio))
 
 
+def num_text_kept(text_length: int, text_mask_ratio: float) -> int:
+    """Text tokens the text tower runs on under text masking (Table 1c): at least the first token,
+    whose output is the text feature; 32 tokens at 50% -> 16."""
+    return max(int(text_length * (1.0 - text_mask_ratio)), 1)
+
+
 def random_masking(x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
     """Keep a random subset of tokens of each sample.
 

@@ -53,6 +53,9 @@ SIZES: dict[str, ModelSize] = {
 
 # Tower parameter counts in millions from the paper's table (image, text); L/14 has none.
 PAPER_PARAMS_M = {"vit_b16": (86, 53), "vit_l16": (303, 109), "vit_h14": (631, 334)}
+# The table's totals column (FLIP_FACTS.md). It is not the sum of the tower columns (86 + 53 =
+# 139, not 141): the towers are rounded and the totals count the heads and logit scale too.
+PAPER_TOTAL_PARAMS_M = {"vit_b16": 141, "vit_l16": 414, "vit_h14": 967}
 
 
 def get_size(name: str, **overrides) -> ModelSize:

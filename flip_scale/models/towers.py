@@ -13,7 +13,7 @@ from torch import nn
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
-from .masking import random_masking
+from .masking import num_text_kept, random_masking
 from .pos_embed import sincos_2d
 
 # Flax's LayerNorm epsilon, as in the authors' JAX code.
@@ -102,7 +102,7 @@ class TextTower(nn.Module):
 
     def _mask(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         B, L, D = x.shape
-        keep = max(int(L * (1.0 - self.mask_ratio)), 1)
+        keep = num_text_kept(L, self.mask_ratio)
         noise = torch.rand(B, L - 1, device=x.device)
         if self.mask_mode == "padding_first":
             noise = noise + (tokens[:, 1:] == self.pad_id).float()  # real tokens sort before padding

@@ -52,10 +52,12 @@ def gpu_days(hardware_flops: float, peak_flops_per_gpu: float, mfu: float) -> fl
 
 
 def plan_compute(size: ModelSize, *, mask_ratio: float, text_length: int, samples: int, gpus: int,
-                 peak_flops_per_gpu: float, mfu: float = DEFAULT_MFU, checkpointing: bool = False) -> ComputePlan:
+                 peak_flops_per_gpu: float, mfu: float = DEFAULT_MFU, checkpointing: bool = False,
+                 text_mask_ratio: float = 0.0) -> ComputePlan:
+    """Compute and time of a run. `unmasked` is plain CLIP (no image or text masking)."""
     if not 0 < mfu <= 1:
         raise ValueError(f"--mfu must be in (0, 1], got {mfu}")
-    fwd = flops_per_sample(size, mask_ratio, text_length)
+    fwd = flops_per_sample(size, mask_ratio, text_length, text_mask_ratio)
     unmasked = flops_per_sample(size, 0.0, text_length)["total"]
     hw_mult = RECOMPUTE_MULTIPLIER if checkpointing else TRAIN_MULTIPLIER
     model_fps, hw_fps = TRAIN_MULTIPLIER * fwd["total"], hw_mult * fwd["total"]

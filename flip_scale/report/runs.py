@@ -70,7 +70,7 @@ class Run:
     def train_flops_per_sample(self) -> float:
         m = self.config.model
         size = get_size(m.name, image_size=self.config.data.image_size, text_length=m.text_length)
-        return train_flops_per_sample(size, m.mask_ratio, m.text_length)
+        return train_flops_per_sample(size, m.mask_ratio, m.text_length, text_mask_ratio=m.text_mask_ratio)
 
     def wall_hours(self) -> list[float]:
         """Elapsed hours at each record. The first window (before the first record) is estimated

@@ -108,7 +108,8 @@ class Trainer:
             self.backend.load_model_weights(weights)
         self.metrics = MetricsWriter(self.run_dir, enabled=denv.is_main)
         self.peak_flops = device_peak_flops(self.device, cfg.parallel.precision)
-        self.model_flops = train_flops_per_sample(self.backend.model.size, cfg.model.mask_ratio, cfg.model.text_length)
+        self.model_flops = train_flops_per_sample(self.backend.model.size, cfg.model.mask_ratio, cfg.model.text_length,
+                                                  text_mask_ratio=cfg.model.text_mask_ratio)
 
     def _resume(self, ckpt: Path) -> None:
         meta = ckpt_lib.read_meta(ckpt)
