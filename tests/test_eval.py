@@ -188,6 +188,50 @@ def test_masked_inference_is_an_option(trained):
     assert masked != full
 
 
+@pytest.mark.parametrize("n,ratio,views", [(196, 0.5, 2), (196, 0.75, 4), (256, 0.75, 4), (10, 0.7, 4)])
+def test_mask_ensemble_views_are_complementary(n, ratio, views):
+    """Table 1d's mask ensemble: the views' kept patches are disjoint (but for the wrap-around of the
+    last view when `keep` does not divide N) and together cover every patch of every image."""
+    from flip_scale.eval.common import complementary_noise, ensemble_views
+    from flip_scale.models import num_kept
+
+    keep = num_kept(n, ratio)
+    noises = complementary_noise(3, n, ratio, "cpu")
+    assert len(noises) == ensemble_views(n, ratio) == views
+    kept = [torch.argsort(z, dim=1)[:, :keep] for z in noises]  # what random_masking keeps
+    for b in range(3):
+        sets = [set(k[b].tolist()) for k in kept]
+        assert set().union(*sets) == set(range(n))
+        if n % keep == 0:
+            assert sum(len(x) for x in sets) == n  # disjoint
+    assert not torch.equal(kept[0][0], kept[0][1])  # each image its own random order
+
+
+def test_mask_ensemble_averages_the_views(trained, tmp_path, capsys):
+    from flip_scale.eval.common import complementary_noise, encode_images
+
+    model, tokenizer, transform = flip_scale.load_checkpoint(trained["run"])
+    model.eval()
+    images = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        got = encode_images(model, images, 0.5, ensemble=True)
+        torch.manual_seed(3)
+        n = model.visual.num_patches
+        views = [model.encode_image(images, mask_ratio=0.5, noise=z) for z in complementary_noise(5, n, 0.5, "cpu")]
+    assert torch.allclose(got, F.normalize(torch.stack(views).mean(0), dim=-1), atol=1e-6)
+    assert len(views) == 2
+    assert not torch.allclose(got, views[0], atol=1e-3)  # not just one view
+    # through the CLI: its own result file, the number of views recorded
+    run, zs = trained["run"], trained["zs_odd"]
+    assert main_eval([str(run), "--zeroshot", zs, "--no-progress", "--mask-ratio", "0.75", "--mask-ensemble"]) == 0
+    res = json.loads((run / "eval" / "zs_odd__mask0.75_ensemble.json").read_text())
+    assert res["image_mask_views"] == 4 and res["variant"] == "mask0.75_ensemble" and res["n"] == 97
+    capsys.readouterr()
+    assert main_eval([str(run), "--zeroshot", zs, "--mask-ensemble"]) == 2
+    assert "--mask-ensemble needs a mask" in capsys.readouterr().err
+
+
 def test_ablation_settings_get_their_own_result_file(trained, tmp_path):
     run, zs = trained["run"], trained["zs"]
     assert main_eval([str(run), "--zeroshot", zs, "--no-progress", "--json", str(tmp_path / "std.json")]) == 0

@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-ratio", type=float, default=None,
                    help="mask this fraction of image patches at inference (Table 1d ablation); "
                         "default: the run's model.eval_mask_ratio (0 = full image, FLIP's way)")
+    p.add_argument("--mask-ensemble", action="store_true",
+                   help="with a mask: average the embeddings of complementary masked views that together "
+                        "cover every patch (2 at 50%%, 4 at 75%%; Table 1d's mask ensemble)")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     return p
 
@@ -57,6 +60,8 @@ def _check_inputs(args) -> str | None:
         resolve_checkpoint(args.checkpoint)
     except FileNotFoundError as e:
         return str(e)
+    if args.mask_ensemble and not _mask_ratio(args):
+        return "--mask-ensemble needs a mask: give --mask-ratio above 0 (the run's eval_mask_ratio is 0)"
     return None
 
 
@@ -67,6 +72,8 @@ def _variant(args, mask: float) -> str:
         parts.append(f"templates{Path(args.templates).stem if os.path.isfile(args.templates) else args.templates}")
     if args.mask_ratio is not None and mask != _recipe_mask_ratio(args):
         parts.append(f"mask{mask:g}")
+    if args.mask_ensemble and mask:
+        parts.append("ensemble")
     return "_".join(parts)
 
 
@@ -104,6 +111,7 @@ def main_eval(argv: list[str]) -> int:
 
     from ..checkpoint import load_for_inference
     from ..distributed.env import cleanup, detect_env, init_distributed, select_device
+    from .common import ensemble_views
     from .retrieval import evaluate_retrieval
     from .zeroshot import evaluate_zeroshot
 
@@ -119,7 +127,8 @@ def main_eval(argv: list[str]) -> int:
         mask = _mask_ratio(args)
         torch.manual_seed(0)  # masks at inference (if any) are drawn from torch's global RNG
         common = dict(rank=denv.rank, world_size=denv.world_size, batch_size=args.batch_size,
-                      progress=not args.no_progress, image_mask_ratio=mask)
+                      progress=not args.no_progress, image_mask_ratio=mask,
+                      image_mask_ensemble=bool(args.mask_ensemble and mask))
         try:
             if args.zeroshot:
                 result = evaluate_zeroshot(model, tokenizer, transform, args.zeroshot, device,
@@ -131,6 +140,8 @@ def main_eval(argv: list[str]) -> int:
         result.update(_provenance(args.checkpoint))
         if mask:
             result["image_mask_ratio"] = mask
+            if args.mask_ensemble:
+                result["image_mask_views"] = ensemble_views(model.visual.num_patches, mask)
         variant = _variant(args, mask)
         if variant:
             result["variant"] = variant

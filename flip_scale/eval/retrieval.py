@@ -45,7 +45,7 @@ def retrieval_recalls(image_emb: torch.Tensor, text_emb: torch.Tensor, text_owne
 
 def evaluate_retrieval(model, tokenizer, transform_or_image_size, dataset_dir: str, device, *, rank: int = 0,
                        world_size: int = 1, batch_size: int = 256, progress: bool = False,
-                       image_mask_ratio: float = 0.0) -> dict:
+                       image_mask_ratio: float = 0.0, image_mask_ensemble: bool = False) -> dict:
     """Recall@1/5/10 image->text and text->image on a retrieval set (KEY.txt: a caption a line).
 
     Same calling rules as evaluate_zeroshot (collective when world_size > 1, mode restored).
@@ -64,11 +64,12 @@ def evaluate_retrieval(model, tokenizer, transform_or_image_size, dataset_dir: s
         bar = Progress("images", progress and rank == 0)
         for batch in lockstep(batched(iter_rank_slice(ds, rank, world_size), batch_size), world_size, device):
             if batch is None:  # keep FSDP's per-call collectives in step (common.py)
-                dim = encode_images(model, torch.zeros(1, 3, size, size, device=device), image_mask_ratio).shape[1]
+                dim = encode_images(model, torch.zeros(1, 3, size, size, device=device), image_mask_ratio,
+                                    image_mask_ensemble).shape[1]
                 model.encode_text(tokenizer([""]).to(device))
                 continue
             images = torch.stack([b[1] for b in batch]).to(device)
-            img_emb.append(encode_images(model, images, image_mask_ratio).float())
+            img_emb.append(encode_images(model, images, image_mask_ratio, image_mask_ensemble).float())
             dim = img_emb[-1].shape[1]
             img_idx.append(torch.tensor([b[0] for b in batch], device=device))
             captions = [(b[0] * _MAX_CAPTIONS + j, c) for b in batch for j, c in enumerate(b[2])]

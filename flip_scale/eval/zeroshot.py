@@ -49,7 +49,8 @@ def class_embeddings(model, tokenizer, classnames: list[str], templates: list[st
 
 def evaluate_zeroshot(model, tokenizer, transform_or_image_size, dataset_dir: str, device, *, rank: int = 0,
                       world_size: int = 1, batch_size: int = 256, progress: bool = False,
-                      templates: str | list[str] | None = None, image_mask_ratio: float = 0.0) -> dict:
+                      templates: str | list[str] | None = None, image_mask_ratio: float = 0.0,
+                      image_mask_ensemble: bool = False) -> dict:
     """Zero-shot top-1/top-5/mean per-class recall of `model` on a classification set.
 
     model: a FlipModel, or one wrapped by a backend (FSDP2 with encode_image/encode_text
@@ -59,6 +60,7 @@ def evaluate_zeroshot(model, tokenizer, transform_or_image_size, dataset_dir: st
     templates: None = the dataset's templates file (else OpenAI's 7); '7' / '80' = OpenAI's
         ImageNet sets; a path to a template file; or a list of template strings.
     image_mask_ratio: 0 = full images (FLIP); > 0 masks images at inference (Table 1d ablation).
+    image_mask_ensemble: with a mask, average complementary masked views (Table 1d's ensemble).
     Returns {"dataset", "acc1", "acc5", "mean_per_class_recall", "n"} (CLIP_benchmark names).
     """
     device = torch.device(device)
@@ -83,13 +85,14 @@ def evaluate_zeroshot(model, tokenizer, transform_or_image_size, dataset_dir: st
         bar = Progress("images", progress and rank == 0)
         for batch in lockstep(batched(iter_rank_slice(ds, rank, world_size), batch_size), world_size, device):
             if batch is None:  # this rank is done; keep FSDP's collectives in step with the others
-                encode_images(model, torch.zeros(1, 3, size, size, device=device), image_mask_ratio)
+                encode_images(model, torch.zeros(1, 3, size, size, device=device), image_mask_ratio,
+                              image_mask_ensemble)
                 continue
             images = torch.stack([b[1] for b in batch]).to(device)
             labels = torch.tensor([b[2] for b in batch], device=device)
             if int(labels.max()) >= C or int(labels.min()) < 0:
                 raise ValueError(f"{dataset_dir}: label {int(labels.max())} outside the {C} class names")
-            logits = encode_images(model, images, image_mask_ratio).float() @ classifier.T
+            logits = encode_images(model, images, image_mask_ratio, image_mask_ensemble).float() @ classifier.T
             topk = logits.topk(k, dim=1).indices
             hit1 = topk[:, 0] == labels
             counts += torch.stack([torch.tensor(float(len(batch)), device=device), hit1.sum().double(),
