@@ -76,6 +76,7 @@ def test_base_inheritance_and_overrides(tmp_path):
     (["parallel.activation_checkpointing=3"], "parallel.activation_checkpointing"),
     (["data.image_size=30"], "data.image_size"),
     (["parallel.backend=horovod"], "parallel.backend"),
+    (["eval.templates=81"], "eval.templates"),
 ])
 def test_bad_overrides_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as e:

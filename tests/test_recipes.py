@@ -38,6 +38,7 @@ def test_paper_runs_match_flip_facts(name):
     model, warmup = PAPER[name]
     assert cfg.model.name == model and cfg.model.mask_ratio == 0.5 and cfg.model.text_length == 32
     assert cfg.model.image_pool == "mean_all" and cfg.data.image_size == 224
+    assert cfg.eval.templates == "7"  # zero-shot with 7 of CLIP's 80 templates, as FLIP evaluated
     assert cfg.train.global_batch_size == 65536 and cfg.train.samples == 12_800_000_000
     assert cfg.train.base_lr == 4e-6 and cfg.peak_lr == pytest.approx(1.024e-3)
     assert cfg.train.warmup_samples == warmup
@@ -48,6 +49,7 @@ def test_paper_runs_match_flip_facts(name):
     assert tune.train.base_lr == 4e-8 and tune.train.warmup_samples == 25_600_000
     assert tune.train.samples == 128_000_000 and tune.train.init_from == f"runs/flip/{name}"
     assert tune.parallel.activation_checkpointing
+    assert tune.train.global_batch_size < cfg.train.global_batch_size  # "and a smaller batch"
 
 
 def test_l14_is_tuned_from_l16():

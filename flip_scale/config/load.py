@@ -251,6 +251,8 @@ def validate(cfg: Config, world_size: int | None = None, check_files: bool = Tru
         fail("eval.every_steps", f"must be >= 0, got {e.every_steps}")
     if check_files and e.zeroshot is not None and not os.path.isdir(e.zeroshot):
         fail("eval.zeroshot", f"dataset directory {e.zeroshot} not found")
+    if e.templates is not None and e.templates not in ("7", "80") and check_files and not os.path.isfile(e.templates):
+        fail("eval.templates", f"must be 7, 80 or a template file; {e.templates!r} is none of these")
 
 
 def config_to_dict(cfg: Config) -> dict:

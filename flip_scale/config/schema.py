@@ -102,6 +102,8 @@ class EvalConfig:
 
     zeroshot: Optional[str] = doc(None, "zero-shot dataset dir (CLIP_benchmark layout) evaluated during training")
     every_steps: int = doc(0, "steps between in-training evaluations (0 = only at the end when zeroshot is set)")
+    templates: Optional[str] = doc(None, "prompt templates: 7 | 80 (OpenAI's ImageNet sets; FLIP used 7) | a file | "
+                                         "null = the dataset's own templates file")
 
 
 @dataclass

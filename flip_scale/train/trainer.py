@@ -181,7 +181,7 @@ class Trainer:
         # backend.model: the (possibly FSDP-sharded) FlipModel, whose encode_* methods are callable.
         result = evaluate_zeroshot(self.backend.model, self.tokenizer, cfg.data.image_size, cfg.eval.zeroshot,
                                    self.device, rank=self.denv.rank, world_size=self.denv.world_size,
-                                   image_mask_ratio=cfg.model.eval_mask_ratio)
+                                   image_mask_ratio=cfg.model.eval_mask_ratio, templates=cfg.eval.templates)
         name = result.get("dataset", "zeroshot")
         self._say(f"eval {name} at step {self.step}: acc1 {result.get('acc1', float('nan')):.4f} "
                   f"acc5 {result.get('acc5', float('nan')):.4f}")
