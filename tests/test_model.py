@@ -68,7 +68,7 @@ def test_masking_noise_depends_on_sample_index_only():
     assert not torch.equal(a[0], a[1])
 
 
-def _splitmix64_reference(seed: int, index: int, patch: int) -> float:
+def _splitmix64_reference(seed: int, index: int, patch: int, stream: int = 0) -> float:
     """masking_noise's definition in plain Python integers (uint64 arithmetic)."""
     M = 2**64 - 1
 
@@ -77,7 +77,7 @@ def _splitmix64_reference(seed: int, index: int, patch: int) -> float:
         z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M
         return z ^ (z >> 31)
 
-    key = mix(mix(seed % 2**63) ^ index)
+    key = mix(((mix(mix(seed % 2**63) + stream) & M) ^ index))
     return (mix((key + (patch + 1) * 0x9E3779B97F4A7C15) & M) >> 11) / 2**53
 
 
@@ -87,6 +87,10 @@ def test_masking_noise_is_splitmix64_of_seed_index_and_patch():
     want = torch.tensor([[_splitmix64_reference(11, i, n) for n in range(7)] for i in idx.tolist()],
                         dtype=torch.float64)
     assert got.dtype == torch.float64 and torch.equal(got, want)
+    text = masking_noise(11, idx, 7, stream=1)  # the text-masking stream: independent of the image one
+    assert torch.equal(text, torch.tensor([[_splitmix64_reference(11, i, n, 1) for n in range(7)]
+                                           for i in idx.tolist()], dtype=torch.float64))
+    assert not torch.equal(text, got)
 
 
 def test_masking_noise_gives_uniform_masks():
@@ -205,6 +209,27 @@ def test_random_text_masking_differs_from_padding_first():
     pad_row = (m.text.token_embed.weight[0] + m.text.pos_embed[0, 6:]).detach()
     kept_padding = sum(int(any(torch.allclose(v, r, atol=1e-6) for r in pad_row)) for v in seen[-1].reshape(-1, seen[-1].shape[-1]))
     assert kept_padding > 0  # random masking keeps some padding tokens
+
+
+def test_text_masks_come_from_the_sample_index_stream():
+    """The trainer's text noise (its own stream of masking_noise) fixes each caption's kept tokens:
+    same index -> same features, wherever the sample sits in the batch; torch's RNG untouched."""
+    from flip_scale.models.masking import TEXT_STREAM
+
+    m = create_model("tiny", text_mask_ratio=0.5).train()
+    toks = torch.randint(1, 100, (4, 16))
+    idx = torch.tensor([10, 11, 12, 13])
+    noise = masking_noise(0, idx, 15, stream=TEXT_STREAM)
+    state = torch.get_rng_state()
+    a = m.encode_text(toks, noise=noise)
+    assert torch.equal(torch.get_rng_state(), state)
+    perm = torch.tensor([2, 0, 3, 1])
+    b = m.encode_text(toks[perm], noise=masking_noise(0, idx[perm], 15, stream=TEXT_STREAM))
+    assert torch.allclose(a[perm], b, atol=1e-6)
+    other = m.encode_text(toks, noise=masking_noise(0, idx + 100, 15, stream=TEXT_STREAM))
+    assert not torch.allclose(a, other, atol=1e-4)
+    with pytest.raises(ValueError, match="text masking noise has shape"):
+        m.encode_text(toks, noise=noise[:, :7])
 
 
 def test_reconstruction_head_adds_a_trainable_pixel_loss():

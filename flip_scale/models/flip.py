@@ -63,8 +63,9 @@ class FlipModel(nn.Module):
         x = self.visual(images, ratio, noise)
         return F.normalize(x, dim=-1) if normalize else x
 
-    def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        x = self.text(tokens)
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = True,
+                    noise: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.text(tokens, noise)
         return F.normalize(x, dim=-1) if normalize else x
 
     def clamp_logit_scale(self) -> None:
@@ -73,11 +74,11 @@ class FlipModel(nn.Module):
             self.logit_scale.clamp_(0.0, LOGIT_SCALE_MAX)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor, noise: torch.Tensor | None = None,
-                mask_ratio: float | None = None):
+                mask_ratio: float | None = None, text_noise: torch.Tensor | None = None):
         if mask_ratio is None:
             mask_ratio = self.mask_ratio if self.training else 0.0
         scale = self.logit_scale.clamp(0.0, LOGIT_SCALE_MAX).exp()
-        text_features = self.encode_text(tokens)
+        text_features = self.encode_text(tokens, noise=text_noise)
         if self.decoder is None:
             return self.encode_image(images, mask_ratio, noise), text_features, scale
         tokens_out, ids_keep = self.visual.forward_tokens(images, mask_ratio, noise)

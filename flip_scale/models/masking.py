@@ -53,9 +53,12 @@ def _mix64(z: torch.Tensor) -> torch.Tensor:
     return z ^ _shr(z, 31)
 
 
+IMAGE_STREAM, TEXT_STREAM = 0, 1  # independent noise streams: image patches, text tokens (Table 1c)
+
+
 def masking_noise(seed: int, sample_index: torch.Tensor, num_patches: int,
-                  device: torch.device | str | None = None) -> torch.Tensor:
-    """Uniform noise [B, N] in [0, 1) (float64) that depends only on (seed, global sample index).
+                  device: torch.device | str | None = None, stream: int = IMAGE_STREAM) -> torch.Tensor:
+    """Uniform noise [B, N] in [0, 1) (float64) that depends only on (seed, stream, global sample index).
 
     A run's masks then do not depend on the world size, the rank that computed a sample or
     where the run was resumed. Counter-based: noise[b, n] = splitmix64(key(seed, index_b) +
@@ -65,7 +68,8 @@ def masking_noise(seed: int, sample_index: torch.Tensor, num_patches: int,
     """
     device = torch.device(device) if device is not None else sample_index.device
     idx = sample_index.to(device=device, dtype=torch.int64).view(-1, 1)
-    key = _mix64(_mix64(torch.tensor(int(seed) % 2**63, dtype=torch.int64, device=device)) ^ idx)
+    seed_key = _mix64(torch.tensor(int(seed) % 2**63, dtype=torch.int64, device=device))
+    key = _mix64(_mix64(seed_key + int(stream)) ^ idx)
     counters = torch.arange(1, num_patches + 1, dtype=torch.int64, device=device) * _GOLDEN
     bits = _mix64(key + counters)
     return _shr(bits, 11).to(torch.float64) * 2.0**-53

@@ -100,22 +100,27 @@ class TextTower(nn.Module):
         self.norm = LayerNorm(width)
         self.proj = nn.Linear(width, embed_dim, bias=False)
 
-    def _mask(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def _mask(self, x: torch.Tensor, tokens: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """noise: [B, L-1] uniform noise for the tokens after the first (the trainer derives it
+        from (seed, sample index) like the image masks); None draws from torch's global RNG."""
         B, L, D = x.shape
         keep = num_text_kept(L, self.mask_ratio)
-        noise = torch.rand(B, L - 1, device=x.device)
+        if noise is None:
+            noise = torch.rand(B, L - 1, device=x.device)
+        elif noise.shape != (B, L - 1):
+            raise ValueError(f"text masking noise has shape {tuple(noise.shape)}, expected {(B, L - 1)}")
         if self.mask_mode == "padding_first":
             noise = noise + (tokens[:, 1:] == self.pad_id).float()  # real tokens sort before padding
         ids = torch.argsort(noise, dim=1)[:, : keep - 1] + 1
         ids = torch.cat([torch.zeros(B, 1, dtype=ids.dtype, device=ids.device), ids.sort(dim=1).values], dim=1)
         return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, D))
 
-    def forward(self, tokens: torch.Tensor):
+    def forward(self, tokens: torch.Tensor, noise: torch.Tensor | None = None):
         if tokens.shape[1] != self.text_length:
             raise ValueError(f"text has {tokens.shape[1]} tokens, the model expects {self.text_length}")
         x = self.token_embed(tokens) + self.pos_embed
         if self.training and self.mask_ratio > 0:
-            x = self._mask(x, tokens)
+            x = self._mask(x, tokens, noise)
         for block in self.blocks:
             x = block(x)  # no attention mask: FLIP attends to padding too
         x = self.norm(x)

@@ -25,6 +25,7 @@ from ..loss import clip_loss
 from ..fileio import write_text_atomic
 from ..metrics import MetricsWriter, device_peak_flops, max_memory_gb, read_jsonl
 from ..models import masking_noise, train_flops_per_sample
+from ..models.masking import TEXT_STREAM
 from .build import adapt_weights, build_model_from_config, snapshot_tokenizer
 from .optim import lr_at
 from .preemption import PREEMPTED_EXIT_CODE, STOP_SIGNALS, Preempted, StopFlag
@@ -217,12 +218,15 @@ class Trainer:
                 data_time += time.time() - t_data
                 images = batch["images"].to(self.device, non_blocking=True)
                 tokens = batch["tokens"].to(self.device, non_blocking=True)
-                noise = None
+                noise = text_noise = None
                 if cfg.model.mask_ratio > 0:
                     # Masks depend on (seed, global sample index) only: same masks at any world size.
                     noise = masking_noise(t.seed, batch["index"], self.num_patches, self.device)
+                if cfg.model.text_mask_ratio > 0:  # Table 1c's ablation, its own noise stream
+                    text_noise = masking_noise(t.seed, batch["index"], cfg.model.text_length - 1, self.device,
+                                               stream=TEXT_STREAM)
                 with self.backend.autocast():
-                    out = model(images, tokens, noise)
+                    out = model(images, tokens, noise, text_noise=text_noise)
                 loss = clip_loss(*out[:3])
                 if len(out) > 3:  # auxiliary loss of an ablation head (pixel reconstruction)
                     loss = loss + out[3].float()
