@@ -2,7 +2,7 @@
 # a default recipe, and `source` of this file, so the SAME template runs the paper run on the
 # cluster it was written for and a tiny job on a test cluster:
 #
-#   FLIP_RECIPE=recipes/test/tiny.yaml FLIP_OUT=/some/dir FLIP_OVERRIDES="parallel.backend=ddp" \
+#   FLIP_RECIPE=recipes/test/tiny.yaml FLIP_OUT=/some/dir \
 #     sbatch --wait --nodes=2 --ntasks-per-node=1 --cpus-per-task=1 --gpus-per-node=0 --time=10 \
 #     slurm/vith_laion2b.sh
 #

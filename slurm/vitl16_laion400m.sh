@@ -9,7 +9,7 @@
 # Time:      --time is one job's slice; a preempted or timed-out job checkpoints, requeues itself
 #            and resumes, so runs longer than the limit continue on their own.
 # Tiny job on a test cluster, same file:
-#   FLIP_RECIPE=recipes/test/tiny.yaml FLIP_OUT=/some/dir FLIP_OVERRIDES="parallel.backend=ddp" \
+#   FLIP_RECIPE=recipes/test/tiny.yaml FLIP_OUT=/some/dir \
 #     sbatch --wait --nodes=2 --ntasks-per-node=1 --cpus-per-task=1 --gpus-per-node=0 --time=10 slurm/vitl16_laion400m.sh
 #SBATCH --job-name=flip-vitl16-laion400m
 #SBATCH --nodes=32

@@ -36,7 +36,8 @@ REL_TOL = 1e-4
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("parity")
     out = {}
-    for name, extra in {"single": [], "single_ac": ["parallel.activation_checkpointing=true"]}.items():
+    single = ["parallel.backend=single"]
+    for name, extra in {"single": single, "single_ac": single + ["parallel.activation_checkpointing=true"]}.items():
         out[name] = root / name
         run_training(load_recipe(TINY, COMMON + extra + [f"train.out_dir={out[name]}"]))
     out["fsdp"] = root / "fsdp"

@@ -1,8 +1,8 @@
 """A process group for backends that need one even when the job is a single process.
 
-FSDP2 (a DeviceMesh) and DeepSpeed (its comm layer) both require torch.distributed to be
-initialised. A plain `flip-scale train` with parallel.backend fsdp/deepspeed runs alone, so
-these backends join a private 1-process group. A TCPStore on port 0 binds a free port, so two
+FSDP2 (a DeviceMesh), DeepSpeed (its comm layer) and DDP all require torch.distributed to be
+initialised. A plain `flip-scale train` with parallel.backend ddp/fsdp/deepspeed (or a Slurm
+job of one task) runs alone, so these backends join a private 1-process group. A TCPStore on port 0 binds a free port, so two
 such runs on one machine never collide (no MASTER_PORT guessing). The trainer's `cleanup()`
 destroys it at the end like any other group.
 """

@@ -8,6 +8,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .base import Backend
+from .process_group import ensure_process_group
 
 MODEL_FILE = "model_optim.pt"
 
@@ -42,6 +43,7 @@ class DDPBackend(SingleBackend):
     def wrap(self, model: nn.Module) -> nn.Module:
         from torch.nn.parallel import DistributedDataParallel
 
+        ensure_process_group(self.device)  # alone (one task, one GPU) DDP still needs a group
         model = model.to(self.device)
         ids = [self.device.index] if self.device.type == "cuda" else None
         # The model's forward returns the logit scale too, so every parameter gets a gradient.
