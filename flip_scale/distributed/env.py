@@ -58,11 +58,18 @@ def detect_env(environ: dict | None = None) -> DistEnv:
     env = os.environ if environ is None else environ
     if "RANK" in env and "WORLD_SIZE" in env:
         return DistEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)), "torchrun")
-    # A job step launched by srun has SLURM_STEP_NUM_TASKS; the batch shell itself is one process.
-    if "SLURM_PROCID" in env and "SLURM_STEP_NUM_TASKS" in env:
+    if "SLURM_PROCID" not in env:
+        return DistEnv()
+    # A job step launched by srun has SLURM_STEP_NUM_TASKS (its own task count). The batch shell
+    # of a job also carries SLURM_PROCID=0 and the job's SLURM_NTASKS, but it is one process:
+    # without a step, only a launcher that exports the variables itself (no SLURM_JOB_ID) counts.
+    if "SLURM_STEP_NUM_TASKS" in env:
         world = int(env["SLURM_STEP_NUM_TASKS"])
-        return DistEnv(int(env["SLURM_PROCID"]), world, int(env.get("SLURM_LOCALID", 0)), "slurm")
-    return DistEnv()
+    elif "SLURM_NTASKS" in env and "SLURM_JOB_ID" not in env:
+        world = int(env["SLURM_NTASKS"])
+    else:
+        return DistEnv()
+    return DistEnv(int(env["SLURM_PROCID"]), world, int(env.get("SLURM_LOCALID", 0)), "slurm")
 
 
 def process_group_args(device: torch.device) -> tuple[str, dict]:
@@ -76,9 +83,10 @@ def init_distributed(denv: DistEnv, device: torch.device, timeout_s: float = 180
     """Join the process group: NCCL on GPUs, gloo on CPU."""
     if not denv.distributed or dist.is_initialized():
         return
-    if denv.launcher == "slurm":
+    if denv.launcher == "slurm" and "SLURM_JOB_NODELIST" in os.environ:
         os.environ.setdefault("MASTER_ADDR", first_slurm_host(os.environ["SLURM_JOB_NODELIST"]))
-        os.environ.setdefault("MASTER_PORT", str(slurm_master_port(os.environ.get("SLURM_JOB_ID", "0"))))
+    if denv.launcher == "slurm" and "SLURM_JOB_ID" in os.environ:
+        os.environ.setdefault("MASTER_PORT", str(slurm_master_port(os.environ["SLURM_JOB_ID"])))
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29500")
     backend, kwargs = process_group_args(device)
