@@ -133,3 +133,13 @@ def test_missing_run_dir_is_one_line(tmp_path, capsys):
     assert main_report([str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "not a run directory" in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_matplotlib_is_one_line_naming_the_extra(runs, tmp_path, capsys, monkeypatch):
+    import sys
+
+    for name in ("matplotlib", "matplotlib.pyplot"):
+        monkeypatch.setitem(sys.modules, name, None)  # what `import matplotlib` meets when not installed
+    assert main_report([str(r) for r in runs] + ["--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "'matplotlib' is not installed" in err and "flip-scale[report]" in err and len(err.strip().splitlines()) == 1

@@ -108,6 +108,10 @@ def main_prep(argv: list[str]) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"flip-scale prep {args.cmd}: error: {e}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:  # an optional extra is missing: say which, in one line
+        print(f"flip-scale prep {args.cmd}: error: Python package {e.name!r} is not installed "
+              f"(pip install 'flip-scale[data]')", file=sys.stderr)
+        return 2
     return 0
 
 

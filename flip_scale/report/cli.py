@@ -40,6 +40,10 @@ def main_report(argv: list[str]) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"flip-scale report: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:  # the [report] extra (matplotlib) is missing
+        print(f"flip-scale report: error: Python package {e.name!r} is not installed "
+              f"(pip install 'flip-scale[report]')", file=sys.stderr)
+        return 2
     heading, (headers, rows) = result["sections"][0]
     print(markdown_table(headers, rows))
     for f in result["figures"]:
