@@ -98,5 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         module, func, _ = DELEGATED[argv[0]]
         return getattr(importlib.import_module(module), func)(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may also follow the flags (`train R --print-config a.b=c`): argparse stops filling
+    # a positional list at the first option, so collect the key=value leftovers ourselves.
+    args, rest = parser.parse_known_args(argv)
+    late = [a for a in rest if "=" in a and not a.startswith("-")]
+    if rest != late or (late and args.command != "train"):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if late:
+        args.overrides = [*args.overrides, *late]
     return args.func(args)

@@ -113,6 +113,12 @@ def test_cli_print_config_round_trips(tmp_path):
     data = yaml.safe_load(out)
     assert data["model"]["mask_ratio"] == 0.75 and data["model"]["name"] == "tiny"
     assert set(data) == {"model", "data", "train", "checkpoint", "parallel", "eval"}
+    # overrides after the flag work too; a stray flag is still an error
+    late = subprocess.run(cli("train", TINY, "--print-config", "model.mask_ratio=0.75", "train.seed=3"),
+                          capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert yaml.safe_load(late)["model"]["mask_ratio"] == 0.75 and yaml.safe_load(late)["train"]["seed"] == 3
+    bad = subprocess.run(cli("train", TINY, "--print-config", "--bogus"), capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "unrecognized arguments: --bogus" in bad.stderr
 
 
 def test_cli_bad_recipe_is_one_line_before_any_model(tmp_path):
