@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip
 # instead of letting pip copy torch into an isolated build environment.
 PIP_INSTALL := $(PIP) install --no-build-isolation
 
-.PHONY: demo test test-fast bench clean-venv
+.PHONY: demo test test-fast clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
