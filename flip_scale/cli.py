@@ -37,12 +37,14 @@ def cmd_train(args) -> int:
         print(dump_config(cfg), end="")
         return 0
     from .train.preemption import PREEMPTED_EXIT_CODE, Preempted
-    from .train.trainer import run_training
+    from .train.trainer import NonFiniteLoss, run_training
 
     try:
         run_training(cfg)
     except Preempted:
         return PREEMPTED_EXIT_CODE
+    except NonFiniteLoss as e:
+        return _error(str(e)) if denv.is_main else 2
     except (ConfigError, ValueError, FileNotFoundError) as e:
         # Bad input found while building or reading (tokenizer, shards, init_from): one line.
         return _error(_one_line(e))

@@ -110,6 +110,20 @@ def test_non_finite_loss_is_skipped_and_counted(tmp_path):
     assert all(rec["loss"] == rec["loss"] for rec in records)  # finite all along
 
 
+def test_non_finite_losses_in_a_row_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path):
+    """Issue 4 item 9: N non-finite steps in a row = divergence: one clear line, no new checkpoint."""
+    r = subprocess.run(train_args(tmp_path, "train.samples=1280", "checkpoint.every_steps=4",
+                                  "train.max_nonfinite_steps=3"),
+                       cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "FLIP_SCALE_TEST_NAN_STEPS": "6,9,10,11,12"})
+    assert r.returncode == 2, r.stderr[-2000:]
+    errors = [line for line in r.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "train.max_nonfinite_steps: 3 non-finite losses in a row (steps 9-11)" in errors[0]
+    assert "step_00000008" in errors[0]  # step 6 alone was skipped; the checkpoint at 8 came after it
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_00000008"
+    assert not (tmp_path / "checkpoints" / "step_00000012").exists() and not (tmp_path / "summary.json").exists()
+
+
 def test_recipe_with_no_shards_fails_at_start_with_one_line(tmp_path):
     t0 = time.time()
     r = subprocess.run(train_args(tmp_path, "data.train_shards=/nonexistent/{00000..00009}.tar"), cwd=ROOT,

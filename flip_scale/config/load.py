@@ -247,6 +247,8 @@ def validate(cfg: Config, world_size: int | None = None, check_files: bool = Tru
         fail("parallel.backend", f"is single but {world_size} processes were launched; use ddp, fsdp or deepspeed")
     if p.init_timeout_s <= 0 or p.timeout_s <= 0:
         fail("parallel.timeout_s", f"timeouts must be positive, got {p.init_timeout_s}, {p.timeout_s}")
+    if t.max_nonfinite_steps < 1:
+        fail("train.max_nonfinite_steps", f"must be at least 1, got {t.max_nonfinite_steps}")
     if e.every_steps < 0:
         fail("eval.every_steps", f"must be >= 0, got {e.every_steps}")
     if check_files and e.zeroshot is not None and not os.path.isdir(e.zeroshot):

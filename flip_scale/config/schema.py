@@ -68,6 +68,8 @@ class TrainConfig:
     beta2: float = doc(0.95, "AdamW beta2 (FLIP: 0.95)")
     eps: float = doc(1e-8, "AdamW epsilon")
     grad_clip: float = doc(1.0, "max global gradient norm; 0 disables clipping")
+    max_nonfinite_steps: int = doc(10, "this many non-finite losses IN A ROW stop the run (each one alone is "
+                                       "skipped and counted); the last good checkpoint stays the latest")
     seed: int = doc(0, "seed of init, data order, augmentation and masks")
     out_dir: str = doc("runs/default", "run directory: config, metrics, checkpoints, summary")
     init_from: Optional[str] = doc(None, "checkpoint or run dir whose weights start this run with a fresh optimizer")

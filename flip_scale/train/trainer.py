@@ -204,7 +204,7 @@ class Trainer:
         window_start, data_time = time.time(), 0.0
         loss_sum = torch.zeros((), device=self.device)
         loss_count = 0
-        nonfinite_steps = 0
+        nonfinite_steps = nonfinite_in_a_row = 0
         last_loss = float("nan")
         first_logged_loss = None
         it = iter(self.loader)
@@ -238,10 +238,21 @@ class Trainer:
                 lr = lr_at(self.samples_seen, peak_lr, t.warmup_samples, t.samples)
                 if skip:
                     nonfinite_steps += 1
+                    nonfinite_in_a_row += 1
                     self.backend.zero_grad()
                     self._say(f"step {self.step + 1}: non-finite loss on some rank; update skipped "
                               f"({nonfinite_steps} so far)")
+                    if nonfinite_in_a_row >= t.max_nonfinite_steps:
+                        # Diverged, not a bad batch: stop WITHOUT saving, so `latest` keeps
+                        # naming the last checkpoint written before the trouble began.
+                        self.metrics.close()
+                        last = ckpt_lib.find_latest(self.ckpt_root, log=lambda _: None)
+                        raise NonFiniteLoss(
+                            f"train.max_nonfinite_steps: {nonfinite_in_a_row} non-finite losses in a row "
+                            f"(steps {self.step + 2 - nonfinite_in_a_row}-{self.step + 1}); stopping. The last "
+                            f"good checkpoint is {last if last is not None else 'none (no checkpoint yet)'}")
                 else:
+                    nonfinite_in_a_row = 0
                     self.backend.backward(loss)
                     grad_norm = self.backend.step(lr)
                     self.backend.clamp_logit_scale()
@@ -298,7 +309,7 @@ class Trainer:
                     self.metrics.close()
                     raise Preempted(self.step)
         except RuntimeError as e:
-            if dist.is_initialized() and _looks_like_collective_failure(e):
+            if not isinstance(e, NonFiniteLoss) and dist.is_initialized() and _looks_like_collective_failure(e):
                 raise RuntimeError(f"rank {self.denv.rank}: a collective failed at step {self.step + 1} "
                                    f"(a peer died or hung; timeout {cfg.parallel.timeout_s:.0f}s): "
                                    f"{str(e).splitlines()[0]}") from e
@@ -331,6 +342,10 @@ class Trainer:
             write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=1))
         self.metrics.close()
         return summary
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss stayed non-finite for train.max_nonfinite_steps steps in a row."""
 
 
 def _looks_like_collective_failure(e: Exception) -> bool:
