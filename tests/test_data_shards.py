@@ -108,6 +108,8 @@ def test_corrupt_members_are_skipped_and_counted(tmp_path):
                 data = b"   "
             if name == "000000003.jpg":
                 data = data[: len(data) // 3]  # truncated JPEG body
+            if name == "000000005.txt":
+                data = "\u200b\ufeff\x01".encode()  # not blank, yet no token: an empty text
             _add(tar, name, data)
         _add(tar, "000000009.jpg", members[0][1])  # no caption
     # A second shard whose last member is cut off mid-data (a download that died).
@@ -123,9 +125,9 @@ def test_corrupt_members_are_skipped_and_counted(tmp_path):
     loader = _loader(cfg, batch=2)
     seen = [i for b in loader for i in b["index"].tolist()]
     counts = loader.counters()
-    assert counts["bad_image"] == 2 and counts["empty_caption"] == 1
+    assert counts["bad_image"] == 2 and counts["empty_caption"] == 2
     assert counts["incomplete_sample"] == 1 and counts["corrupt_member"] == 1
-    assert {0, 4, 5} <= set(seen) and not {1, 2, 3} & set(seen)
+    assert {0, 4} <= set(seen) and not {1, 2, 3, 5} & set(seen)
     assert len([i for i in seen if i >= 100000000]) == 5  # the cut-off last sample is lost
 
 

@@ -178,14 +178,18 @@ def _shuffle(items: Iterator, bufsize: int, rng: np.random.Generator) -> Iterato
         yield buf.pop()
 
 
-def decode_sample(sample: dict, counters: Counter) -> tuple[Image.Image, str] | None:
-    """(RGB image, caption) of a raw webdataset sample, or None (counted) when unusable."""
+def decode_sample(sample: dict, counters: Counter,
+                  tokenizer: TextTokenizer | None = None) -> tuple[Image.Image, str] | None:
+    """(RGB image, caption) of a raw webdataset sample, or None (counted) when unusable.
+
+    With a tokenizer, a caption that yields no token (only zero-width or control characters)
+    counts as empty too."""
     ext = next((e for e in IMAGE_EXTS if e in sample), None)
     if ext is None or "txt" not in sample:
         counters["incomplete_sample"] += 1
         return None
     caption = sample["txt"].decode("utf-8", errors="replace").strip()
-    if not caption:
+    if not caption or (tokenizer is not None and not tokenizer.has_content(caption)):
         counters["empty_caption"] += 1
         return None
     try:
@@ -265,7 +269,7 @@ class _ShardStreams(IterableDataset):
                         baseline = raw_counts.copy()
                     continue
                 pos = (epoch, chunk, offset + 1)
-                decoded = decode_sample(sample, decode_counts)
+                decoded = decode_sample(sample, decode_counts, self.tokenizer)
                 if decoded is None:
                     continue
                 produced = True

@@ -86,6 +86,7 @@ class TextTokenizer:
             raise ValueError("tokenizer vocabulary has no [PAD] token")
         self.pad_id = pad_id
         self.cls_id = tokenizer.token_to_id("[CLS]")
+        self.sep_id = tokenizer.token_to_id("[SEP]")
         # Fix padding/truncation here rather than trusting the file's settings: the model's
         # position table has exactly text_length entries.
         tokenizer.no_truncation()
@@ -95,6 +96,12 @@ class TextTokenizer:
         probe = tokenizer.encode("a").ids
         if self.cls_id is not None and probe[0] != self.cls_id:
             _set_cls_sep(tokenizer)  # a JSON without a post-processor: add BERT's template
+
+    def has_content(self, caption: str) -> bool:
+        """Whether the caption yields any token besides [CLS]/[SEP]/padding (a caption of only
+        zero-width or control characters would train on an empty text)."""
+        return any(t not in (self.cls_id, self.sep_id, self.pad_id)
+                   for t in self.tokenizer.encode(caption).ids)
 
     @property
     def vocab_size(self) -> int:
