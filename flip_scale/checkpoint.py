@@ -50,6 +50,27 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
     return sorted(p for p in ckpt_root.iterdir() if p.is_dir() and p.name.startswith("step_"))
 
 
+def complete_checkpoints(ckpt_root: Path, log=print) -> list[Path]:
+    """Complete checkpoints, newest first; incomplete ones are reported and passed over."""
+    out = []
+    for ckpt in reversed(list_checkpoints(Path(ckpt_root))):
+        if is_complete(ckpt):
+            out.append(ckpt)
+        else:
+            log(f"checkpoint {ckpt} is incomplete or unreadable; falling back to an earlier one")
+    return out
+
+
+def set_aside(ckpt: Path) -> Path:
+    """Move a checkpoint whose files cannot be read out of the way (kept for inspection, never
+    resumed from or counted by keep-last-k again): step_N -> unreadable_step_N."""
+    target = ckpt.with_name(f"unreadable_{ckpt.name}")
+    if target.exists():
+        shutil.rmtree(target)
+    os.rename(ckpt, target)
+    return target
+
+
 def find_latest(ckpt_root: Path, log=print) -> Path | None:
     """The newest complete checkpoint; an incomplete newer one is reported and passed over.
 
@@ -78,6 +99,9 @@ def save_checkpoint(ckpt_root: Path, step: int, backend, rank_state: dict, meta:
     barrier()
     backend.save(tmp)
     torch.save(rank_state, tmp / f"train_state_rank{_rank()}.pt")
+    # meta.json is written durably below; make this node's payload durable first, so a crash of
+    # the machine cannot leave a complete-looking checkpoint over truncated files.
+    os.sync()
     if test_delay_s:
         import time
 

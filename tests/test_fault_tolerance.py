@@ -73,6 +73,32 @@ def test_kill_during_checkpoint_save_keeps_the_previous_checkpoint(tmp_path):
     assert [s for s, _ in losses(tmp_path)] == list(range(1, 11))
 
 
+def test_unreadable_newest_checkpoint_is_set_aside_and_the_previous_one_used(tmp_path):
+    """A complete-looking newest checkpoint whose files are truncated (a node crash after
+    meta.json): reported, set aside as unreadable_*, the previous one resumed, same losses."""
+    from dist_jobs import truncate_run
+
+    over = ["train.samples=1152", "checkpoint.every_steps=6", "checkpoint.keep=3", "train.log_every_steps=1"]
+    r = subprocess.run(train_args(tmp_path / "ref", *over), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    reference = losses(tmp_path / "ref")
+    assert [s for s, _ in reference] == list(range(1, 19))
+
+    run = tmp_path / "crashed"
+    truncate_run(tmp_path / "ref", run, 12)
+    newest = run / "checkpoints" / "step_00000012"
+    for f in newest.iterdir():
+        if f.suffix == ".pt":
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    r = subprocess.run(train_args(run, *over), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"checkpoint {newest} cannot be loaded" in r.stderr
+    assert "step_00000006 at step 6" in r.stderr
+    assert (run / "checkpoints" / "unreadable_step_00000012").is_dir()
+    assert losses(run) == reference
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000018"
+
+
 def test_sigusr1_to_one_rank_checkpoints_every_rank_and_exits_75(tmp_path):
     over = ["parallel.backend=ddp", "train.samples=64000", "checkpoint.every_steps=0", "train.log_every_steps=1"]
     procs = launch_ranks(tmp_path, 2, over)

@@ -99,9 +99,8 @@ class Trainer:
         self.step, self.samples_seen = 0, 0
         self.prior_wall_s = 0.0  # wall time of the earlier segments of a resumed run
         self.segment_start = time.time()
-        latest = ckpt_lib.find_latest(self.ckpt_root, log=self._say)
-        if latest is not None:
-            self._resume(latest)
+        if self._resume_newest_readable():
+            pass
         elif cfg.train.init_from:
             src = ckpt_lib.resolve_checkpoint(cfg.train.init_from)
             self._say(f"initialising weights from {src} (fresh optimizer and schedule)")
@@ -112,15 +111,46 @@ class Trainer:
         self.model_flops = train_flops_per_sample(self.backend.model.size, cfg.model.mask_ratio, cfg.model.text_length,
                                                   text_mask_ratio=cfg.model.text_mask_ratio)
 
+    def _resume_newest_readable(self) -> bool:
+        """Resume from the newest complete checkpoint whose files load on every rank. One that
+        fails to load (truncated payload after a node crash) is reported, set aside and the next
+        older one is tried; all ranks agree on the outcome, so they resume from the same step."""
+        candidates = ckpt_lib.complete_checkpoints(self.ckpt_root, log=self._say)
+        for ckpt in candidates:
+            try:
+                self._resume(ckpt)
+                error = ""
+            except ResumeMismatch:
+                raise  # a recipe / world-size mismatch: the user's call, not a damaged file
+            except Exception as e:  # noqa: BLE001 - torch.load, DCP and DeepSpeed raise many types
+                if dist.is_initialized() and _looks_like_collective_failure(e):
+                    raise
+                error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            failed = torch.tensor([1.0 if error else 0.0], device=self.device)
+            if dist.is_initialized():
+                dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+            if not failed.item():
+                return True
+            self._say(f"checkpoint {ckpt} cannot be loaded ({error or 'on another rank'}); "
+                      f"setting it aside and falling back to an earlier one")
+            if self.denv.is_main:
+                ckpt_lib.set_aside(ckpt)
+            if dist.is_initialized():
+                dist.barrier()
+        if candidates:
+            raise ValueError(f"{self.ckpt_root}: no checkpoint could be loaded (all set aside as unreadable_*); "
+                             f"move them away to start the run afresh")
+        return False
+
     def _resume(self, ckpt: Path) -> None:
         meta = ckpt_lib.read_meta(ckpt)
         old_world = int(meta.get("world_size", self.denv.world_size))
         if old_world != self.denv.world_size and not self.backend.supports_resharding:
-            raise ValueError(f"{ckpt}: saved by {old_world} ranks with parallel.backend={self.cfg.parallel.backend}, "
+            raise ResumeMismatch(f"{ckpt}: saved by {old_world} ranks with parallel.backend={self.cfg.parallel.backend}, "
                              f"which resumes only at the same world size (now {self.denv.world_size}); "
                              f"relaunch with {old_world} ranks")
         if meta.get("backend", self.cfg.parallel.backend) != self.cfg.parallel.backend:
-            raise ValueError(f"{ckpt}: saved by parallel.backend={meta.get('backend')}, this run uses "
+            raise ResumeMismatch(f"{ckpt}: saved by parallel.backend={meta.get('backend')}, this run uses "
                              f"{self.cfg.parallel.backend}; use train.init_from to start from its weights")
         self.backend.load(ckpt)
         self.step, self.samples_seen = int(meta["step"]), int(meta["samples_seen"])
@@ -342,6 +372,10 @@ class Trainer:
             write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=1))
         self.metrics.close()
         return summary
+
+
+class ResumeMismatch(ValueError):
+    """The run directory's checkpoint was written by another setup (backend, world size)."""
 
 
 class NonFiniteLoss(RuntimeError):
