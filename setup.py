@@ -1,6 +1,6 @@
 from setuptools import find_packages, setup
 
-CORE = ["torch", "timm", "tokenizers", "webdataset", "tensorboard", "pyyaml", "numpy", "pillow"]
+CORE = ["torch", "timm", "tokenizers", "webdataset", "braceexpand", "tensorboard", "pyyaml", "numpy", "pillow"]
 EXTRAS = {
     "deepspeed": ["deepspeed>=0.15"],
     # img2dataset writes the shards; pyarrow/pandas read LAION's parquet metadata.

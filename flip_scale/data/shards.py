@@ -3,6 +3,11 @@
 Kept independent of torch so the tokenizer trainer and tools can read shards cheaply.
 Reading is streaming (tar "r|" mode): shards in object stores are read once, front to back,
 never seeked, the way LAION-scale training reads them.
+
+The format is webdataset's (samples grouped by key, extensions as fields); the reader is our
+own rather than webdataset's pipeline because exact resume needs a sample position inside a
+shard and retry semantics that never repeat a sample, and because importing webdataset pulls
+in torch. tests/test_data_webdataset_compat.py checks both directions with webdataset itself.
 """
 
 from __future__ import annotations

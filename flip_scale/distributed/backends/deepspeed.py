@@ -130,7 +130,11 @@ class DeepSpeedBackend(Backend):
             group["lr"] = lr
         self.engine.step()  # clips (config), steps, zeroes the gradients
         norm = self.engine.get_global_grad_norm()
-        return torch.as_tensor(float("nan") if norm is None else float(norm))
+        if norm is None:
+            return torch.tensor(float("nan"))
+        # A device tensor in some ZeRO stages, a float in others: keep a tensor as it is, so
+        # the host waits for it only on log steps.
+        return norm.detach() if isinstance(norm, torch.Tensor) else torch.tensor(float(norm))
 
     def zero_grad(self) -> None:
         self.engine.zero_grad()
