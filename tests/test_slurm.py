@@ -200,3 +200,28 @@ def test_study_launch_submits_every_row_and_relaunch_skips_finished_rows(cluster
     for row, job in jobs.items():
         assert len(json.loads((tmp_path / row / "launch.json").read_text())) == 1
     print(f"\nstudy of 2 rows + 2 relaunches in {time.time() - t0:.1f} s", file=sys.stderr)
+
+
+def test_launch_chains_unmasked_tuning_after_the_run_with_afterok(cluster, tmp_path):
+    """Issue 7 item 3 on the real cluster: `--tune` submits the tuning job held by
+    --dependency=afterok on the pre-training job; it starts from that run's weights."""
+    import re
+
+    pre, tune = tmp_path / "pre", tmp_path / "tune"
+    out = launch(cluster, "recipes/test/tiny.yaml", "train.samples=640", "--out", pre,
+                 "--tune", "recipes/test/tiny_unmasked_tuning.yaml", "--tune-out", tune,
+                 "--tune-override", "train.samples=320", "--template", "slurm/vith_laion2b.sh",
+                 *[f"--sbatch-arg={a}" for a in TINY_JOB])
+    jobs = {Path(d).name: int(j) for j, d in re.findall(r"submitted job (\d+): (\S+)", out)}
+    assert set(jobs) == {"pre", "tune"}, out
+    dependency = cluster.job_info(jobs["tune"]).get("Dependency", "")
+    # Held while the first job is queued or running; Slurm clears it once satisfied.
+    assert dependency.startswith(f"afterok:{jobs['pre']}") or cluster.job_info(jobs["pre"]).get("JobState") == \
+        "COMPLETED", dependency
+    info = {name: cluster.wait_job(job, timeout_s=300) for name, job in jobs.items()}
+    logs = {name: (tmp_path / name / f"slurm-{job}.out").read_text(errors="replace") for name, job in jobs.items()}
+    assert info["pre"]["JobState"] == "COMPLETED", logs["pre"][-3000:]
+    assert info["tune"]["JobState"] == "COMPLETED", logs["tune"][-3000:]
+    assert f"initialising weights from {pre}/checkpoints/step_00000010" in logs["tune"]
+    summary = json.loads((tune / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["mask_ratio"] == 0.0 and summary["samples_seen"] == 320
