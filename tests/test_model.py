@@ -241,3 +241,32 @@ def test_reconstruction_head_adds_a_trainable_pixel_loss():
     assert m.decoder.head.weight.grad is not None and m.visual.blocks[0].attn.qkv.weight.grad is not None
     m.eval()
     assert m(torch.randn(2, 3, 32, 32), torch.randint(0, 100, (2, 16)))[3].item() == 0.0
+
+
+def test_first_block_sees_cls_then_kept_patches_with_their_own_positions():
+    """FLIP's order: patch embedding + sin-cos position, THEN masking (kept tokens keep their own
+    positions), THEN the cls token in front; no LayerNorm between embedding and the first block."""
+    m = create_model("tiny", mask_ratio=0.5).train()
+    seen = []
+    m.visual.blocks[0].register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach()))
+    images = torch.randn(3, 3, 32, 32)
+    noise = masking_noise(0, torch.arange(3), m.visual.num_patches)
+    m.encode_image(images, mask_ratio=0.5, noise=noise)
+    keep = num_kept(m.visual.num_patches, 0.5)
+    ids = torch.argsort(noise, dim=1)[:, :keep]
+    full = (m.visual.patch_embed(images) + m.visual.pos_embed).detach()
+    want = torch.gather(full, 1, ids.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
+    x = seen[0]
+    assert x.shape == (3, 1 + keep, full.shape[-1])
+    assert torch.allclose(x[:, 0], m.visual.cls_token[0, 0].detach().expand(3, -1))
+    assert torch.allclose(x[:, 1:], want, atol=1e-6)  # un-normalised: no LayerNorm in between
+
+
+def test_mean_all_pools_every_token_including_cls():
+    m = create_model("tiny").eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        tokens, _ = m.visual.forward_tokens(images)
+        emb = m.encode_image(images, normalize=False)
+    assert torch.allclose(emb, m.visual.proj(tokens.mean(dim=1)), atol=1e-6)
+    assert not torch.allclose(emb, m.visual.proj(tokens[:, 1:].mean(dim=1)), atol=1e-4)  # not mean_patches
