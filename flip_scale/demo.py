@@ -42,7 +42,8 @@ def run_demo(output: str = "runs/demo", steps: int = 300) -> int:
     print(f"demo: loss fell from {first['loss']:.3f} (step {first['step']}) to {last['loss']:.3f} "
           f"(step {last['step']}); chance level is ln({cfg.train.global_batch_size}) = "
           f"{math.log(cfg.train.global_batch_size):.3f}")
-    print(f"demo: run directory {output} (config.yaml, metrics.jsonl, tb/, checkpoints/, summary.json)")
+    print(f"demo: run directory {output} (config.yaml, metrics.jsonl, tb/, checkpoints/, summary.json, "
+          f"heldout_zeroshot/)")
     zeroshot_demo(output, cfg.data.image_size)
     if last["loss"] >= first["loss"]:
         print(f"demo: the loss did not fall in {summary['steps']} steps; try more --steps", file=sys.stderr)
