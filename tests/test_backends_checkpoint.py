@@ -70,8 +70,18 @@ def test_tensorboard_event_files_hold_the_logged_scalars(runs):
     acc = EventAccumulator(str(runs["fsdp"] / "tb"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    for key in ("loss", "lr", "logit_scale", "samples_per_sec", "grad_norm"):
+    for key in ("loss", "lr", "logit_scale", "samples_per_sec", "grad_norm", "samples_per_sec_per_device",
+                "data_wait_frac", "max_memory_gb", "skipped/nonfinite_loss_steps", "skipped/corrupt_member"):
         assert key in tags, (key, sorted(tags))
+    # Bookkeeping fields are the x axis or wall clock, not scalars of their own.
+    assert not tags & {"step", "samples_seen", "time"}, sorted(tags)
+    last = metrics(runs["fsdp"])[-1]
+    for key in ("samples_per_sec_per_device", "data_wait_frac", "max_memory_gb", "skipped/nonfinite_loss_steps"):
+        assert acc.Scalars(key)[-1].value == pytest.approx(last[key], rel=1e-6), key
+    # 2 processes: the per-device rate is half the global one.
+    assert last["samples_per_sec_per_device"] == pytest.approx(last["samples_per_sec"] / 2, rel=1e-6)
+    assert 0.0 <= last["data_wait_frac"] <= 1.0 and last["max_memory_gb"] > 0
+    assert acc.Scalars("skipped/nonfinite_loss_steps")[-1].value == 0
     losses = acc.Scalars("loss")
     assert len(losses) == 20
     assert losses[-1].value == pytest.approx(metrics(runs["fsdp"])[-1]["loss"], rel=1e-6)

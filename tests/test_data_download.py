@@ -80,21 +80,29 @@ def test_download_counts_filters_and_manifest(tmp_path, server, capsys):
              + [{"URL": f"{base}/text/{i}.jpg", "TEXT": "html page"} for i in range(2)]
              + [{"URL": f"{base}/slow/000001.jpg", "TEXT": "a slow server"}]
              + [{"URL": f"{base}/img/000002.jpg", "TEXT": "unsafe", "NSFW": "NSFW"}] * 2
-             + [{"URL": f"{base}/img/000003.jpg", "TEXT": "unrelated", "similarity": 0.1}])
+             + [{"URL": f"{base}/img/000003.jpg", "TEXT": "unrelated", "similarity": 0.1}]
+             # LAION-2B's punsafe column: above max_punsafe is dropped, exactly at it is kept; the
+             # other rows have no punsafe value (null), which the filter keeps.
+             + [{"URL": f"{base}/img/000004.jpg", "TEXT": "probably unsafe", "punsafe": 0.9},
+                {"URL": f"{base}/img/000005.jpg", "TEXT": "borderline", "punsafe": 0.5}])
     meta = str(tmp_path / "meta.parquet")
     rows = write_synthetic_parquet(meta, image_dir, 20, seed=0, base_url=f"{base}/img",
                                    image_size=40, extra_rows=extra)
-    assert rows == 29
+    assert rows == 31
     out = str(tmp_path / "shards")
     m = download(DownloadConfig(url_list=meta, output=out, image_size=32, processes=1, threads=4,
                                 samples_per_shard=10, timeout_s=5, drop_nsfw=True,
-                                min_similarity=0.28))
-    assert m["filter"] == {"rows_in": 29, "rows_kept": 26, "dropped_nsfw": 2,
-                           "dropped_punsafe": 0, "dropped_similarity": 1}
-    assert m["shards"] == 3 and m["attempted"] == 26 and m["samples"] == 21
+                                max_punsafe=0.5, min_similarity=0.28))
+    # 31 rows - 2 NSFW - 1 punsafe 0.9 - 1 low similarity = 27 kept: 20 synthetic images, the
+    # punsafe-0.5 image, 3 dead links, 2 html bodies, 1 slow image.
+    assert m["filter"] == {"rows_in": 31, "rows_kept": 27, "dropped_nsfw": 2,
+                           "dropped_punsafe": 1, "dropped_similarity": 1}
+    assert m["shards"] == 3 and m["attempted"] == 27 and m["samples"] == 22
     assert m["failures"] == {"download_error": 3, "decode_resize_error": 2}
-    assert m["success_rate"] == round(21 / 26, 4) and m["bytes"] > 0
-    assert json.load(open(os.path.join(out, "manifest.json")))["samples"] == 21
+    assert m["success_rate"] == round(22 / 27, 4) and m["bytes"] > 0
+    assert json.load(open(os.path.join(out, "manifest.json")))["samples"] == 22
+    all_caps = [c for k in range(3) for c in _tar_samples(os.path.join(out, f"{k:05d}.tar"))[1].values()]
+    assert len(all_caps) == 22 and "borderline" in all_caps and "probably unsafe" not in all_caps
     names, caps = _tar_samples(os.path.join(out, "00000.tar"))
     assert len(caps) == 10 and {n.rsplit(".", 1)[1] for n in names} == {"jpg", "txt", "json"}
     key = sorted(caps)[0]
