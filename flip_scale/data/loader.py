@@ -178,18 +178,19 @@ def _shuffle(items: Iterator, bufsize: int, rng: np.random.Generator) -> Iterato
         yield buf.pop()
 
 
-def decode_sample(sample: dict, counters: Counter,
-                  tokenizer: TextTokenizer | None = None) -> tuple[Image.Image, str] | None:
-    """(RGB image, caption) of a raw webdataset sample, or None (counted) when unusable.
+def decode_sample(sample: dict, counters: Counter, tokenizer: TextTokenizer | None = None
+                  ) -> tuple[Image.Image, str, list[int] | None] | None:
+    """(RGB image, caption, caption ids) of a raw webdataset sample, or None (counted) when unusable.
 
-    With a tokenizer, a caption that yields no token (only zero-width or control characters)
-    counts as empty too."""
+    With a tokenizer the caption is tokenised here, once (ids are None without one), and a
+    caption that yields no token (only zero-width or control characters) counts as empty too."""
     ext = next((e for e in IMAGE_EXTS if e in sample), None)
     if ext is None or "txt" not in sample:
         counters["incomplete_sample"] += 1
         return None
     caption = sample["txt"].decode("utf-8", errors="replace").strip()
-    if not caption or (tokenizer is not None and not tokenizer.has_content(caption)):
+    ids = tokenizer.encode_caption(caption) if caption and tokenizer is not None else None
+    if not caption or (tokenizer is not None and ids is None):
         counters["empty_caption"] += 1
         return None
     try:
@@ -198,7 +199,7 @@ def decode_sample(sample: dict, counters: Counter,
     except Exception:  # noqa: BLE001 - PIL raises many types for bad bytes; all mean "skip"
         counters["bad_image"] += 1
         return None
-    return img, caption
+    return img, caption, ids
 
 
 class _ShardStreams(IterableDataset):
@@ -273,9 +274,9 @@ class _ShardStreams(IterableDataset):
                 if decoded is None:
                     continue
                 produced = True
-                img, caption = decoded
+                img, _, ids = decoded
                 g = sample_generator(self.seed, self.rank, stream, epoch, chunk, offset)
-                batch.append((transform(img, g), caption, sample_index(sample["__key__"])))
+                batch.append((transform(img, g), ids, sample_index(sample["__key__"])))
                 if len(batch) == self.local_batch:
                     yield self._emit(batch, stream, pos, raw_counts - baseline + decode_counts)
                     batch = []
@@ -293,8 +294,8 @@ class _ShardStreams(IterableDataset):
                                                                  + decode_counts), "_end": True}
 
     def _emit(self, batch, stream, pos, counts: Counter) -> dict:
-        images, captions, index = zip(*batch)
-        return {"images": torch.stack(images), "tokens": self.tokenizer(list(captions)),
+        images, ids, index = zip(*batch)  # captions were tokenised as they were decoded
+        return {"images": torch.stack(images), "tokens": torch.tensor(ids, dtype=torch.long),
                 "index": torch.tensor(index, dtype=torch.long), "_stream": stream,
                 "_pos": pos, "_counters": dict(counts)}
 

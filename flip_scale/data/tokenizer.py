@@ -97,11 +97,11 @@ class TextTokenizer:
         if self.cls_id is not None and probe[0] != self.cls_id:
             _set_cls_sep(tokenizer)  # a JSON without a post-processor: add BERT's template
 
-    def has_content(self, caption: str) -> bool:
-        """Whether the caption yields any token besides [CLS]/[SEP]/padding (a caption of only
-        zero-width or control characters would train on an empty text)."""
-        return any(t not in (self.cls_id, self.sep_id, self.pad_id)
-                   for t in self.tokenizer.encode(caption).ids)
+    def encode_caption(self, caption: str) -> list[int] | None:
+        """One caption's text_length ids, or None when it yields no token besides [CLS]/[SEP]/
+        padding (a caption of only zero-width or control characters would train on no text)."""
+        ids = self.tokenizer.encode(caption).ids
+        return ids if any(t not in (self.cls_id, self.sep_id, self.pad_id) for t in ids) else None
 
     @property
     def vocab_size(self) -> int:
