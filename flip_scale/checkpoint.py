@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -50,15 +51,16 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
     return sorted(p for p in ckpt_root.iterdir() if p.is_dir() and p.name.startswith("step_"))
 
 
-def complete_checkpoints(ckpt_root: Path, log=print) -> list[Path]:
-    """Complete checkpoints, newest first; incomplete ones are reported and passed over."""
-    out = []
+def complete_checkpoints(ckpt_root: Path, log=print) -> Iterator[Path]:
+    """Complete checkpoints, newest first, lazily; an incomplete one is reported when reached.
+
+    Found by scanning rather than by reading `latest`: the pointer always names the newest
+    complete folder (it moves last), so the scan agrees with it, and also copes when it is gone."""
     for ckpt in reversed(list_checkpoints(Path(ckpt_root))):
         if is_complete(ckpt):
-            out.append(ckpt)
+            yield ckpt
         else:
             log(f"checkpoint {ckpt} is incomplete or unreadable; falling back to an earlier one")
-    return out
 
 
 def set_aside(ckpt: Path) -> Path:
@@ -72,15 +74,8 @@ def set_aside(ckpt: Path) -> Path:
 
 
 def find_latest(ckpt_root: Path, log=print) -> Path | None:
-    """The newest complete checkpoint; an incomplete newer one is reported and passed over.
-
-    Found by scanning rather than by reading `latest`: the pointer always names the newest
-    complete folder (it moves last), so the scan agrees with it, and also copes when it is gone."""
-    for ckpt in reversed(list_checkpoints(Path(ckpt_root))):
-        if is_complete(ckpt):
-            return ckpt
-        log(f"checkpoint {ckpt} is incomplete or unreadable; falling back to an earlier one")
-    return None
+    """The newest complete checkpoint; an incomplete newer one is reported and passed over."""
+    return next(complete_checkpoints(ckpt_root, log), None)
 
 
 def save_checkpoint(ckpt_root: Path, step: int, backend, rank_state: dict, meta: dict, keep: int,

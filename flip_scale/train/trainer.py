@@ -99,9 +99,7 @@ class Trainer:
         self.step, self.samples_seen = 0, 0
         self.prior_wall_s = 0.0  # wall time of the earlier segments of a resumed run
         self.segment_start = time.time()
-        if self._resume_newest_readable():
-            pass
-        elif cfg.train.init_from:
+        if not self._resume_newest_readable() and cfg.train.init_from:
             src = ckpt_lib.resolve_checkpoint(cfg.train.init_from)
             self._say(f"initialising weights from {src} (fresh optimizer and schedule)")
             weights = adapt_weights(ckpt_lib.read_full_weights(src), model)
@@ -115,8 +113,9 @@ class Trainer:
         """Resume from the newest complete checkpoint whose files load on every rank. One that
         fails to load (truncated payload after a node crash) is reported, set aside and the next
         older one is tried; all ranks agree on the outcome, so they resume from the same step."""
-        candidates = ckpt_lib.complete_checkpoints(self.ckpt_root, log=self._say)
-        for ckpt in candidates:
+        tried = False
+        for ckpt in ckpt_lib.complete_checkpoints(self.ckpt_root, log=self._say):
+            tried = True
             try:
                 self._resume(ckpt)
                 error = ""
@@ -126,10 +125,7 @@ class Trainer:
                 if dist.is_initialized() and _looks_like_collective_failure(e):
                     raise
                 error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            failed = torch.tensor([1.0 if error else 0.0], device=self.device)
-            if dist.is_initialized():
-                dist.all_reduce(failed, op=dist.ReduceOp.MAX)
-            if not failed.item():
+            if not self._on_any_rank(torch.tensor([float(bool(error))], device=self.device))[0]:
                 return True
             self._say(f"checkpoint {ckpt} cannot be loaded ({error or 'on another rank'}); "
                       f"setting it aside and falling back to an earlier one")
@@ -137,7 +133,7 @@ class Trainer:
                 ckpt_lib.set_aside(ckpt)
             if dist.is_initialized():
                 dist.barrier()
-        if candidates:
+        if tried:
             raise ValueError(f"{self.ckpt_root}: no checkpoint could be loaded (all set aside as unreadable_*); "
                              f"move them away to start the run afresh")
         return False
@@ -199,10 +195,15 @@ class Trainer:
         reduce gradients inside backward, and a half-taken step would leave their buffers dirty.
         Its cost is the launch latency of the first backward kernels, small next to a FLIP step."""
         flags = torch.stack([nonfinite.float(), torch.tensor(float(stop), device=nonfinite.device)])
+        skip, stop = self._on_any_rank(flags)
+        return skip, stop
+
+    @staticmethod
+    def _on_any_rank(flags: torch.Tensor) -> list[bool]:
+        """Which of these 0/1 flags is set on at least one rank (one all-reduce, one host sync)."""
         if dist.is_initialized():
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        a, b = flags.tolist()
-        return a > 0, b > 0
+        return [f > 0 for f in flags.tolist()]
 
     def evaluate(self) -> dict:
         """Zero-shot on eval.zeroshot (every rank takes a slice); returns `eval/<dataset>/<metric>` keys."""
