@@ -21,8 +21,6 @@ def _one_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else repr(e)
 
 
-
-
 def cmd_train(args) -> int:
     from .config import ConfigError, dump_config, load_recipe
     from .distributed.env import detect_env

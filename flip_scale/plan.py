@@ -37,15 +37,15 @@ def make_plan(cfg: Config, nodes: int, gpus_per_node: int, gpu: str, mfu: float 
                                 gpus=world, peak_flops_per_gpu=peak, mfu=mfu, checkpointing=ck,
                                 text_mask_ratio=m.text_mask_ratio)
                for ck in (False, True)}
-    memory = {ck: plan_memory(size, mask_ratio=m.mask_ratio, text_length=num_text_kept(m.text_length, m.text_mask_ratio),
-                              precision=p.precision,
-                              backend=p.backend, zero_stage=p.zero_stage, checkpointing=ck, world_size=world,
+    memory = {ck: plan_memory(size, mask_ratio=m.mask_ratio, text_length=m.text_length, precision=p.precision,
+                              text_mask_ratio=m.text_mask_ratio, backend=p.backend, zero_stage=p.zero_stage, checkpointing=ck, world_size=world,
                               global_batch=t.global_batch_size, capacity_gb=spec.memory_gb,
                               flash_attention=flash_attention)
               for ck in (False, True)}
     return {
         "recipe": getattr(cfg, "_recipe", None), "model": m.name, "mask_ratio": m.mask_ratio,
-        "text_length": m.text_length, "text_mask_ratio": m.text_mask_ratio, "image_size": cfg.data.image_size, "params": param_counts(size),
+        "text_length": m.text_length, "text_mask_ratio": m.text_mask_ratio, "image_size": cfg.data.image_size,
+        "params": param_counts(size),
         "samples": t.samples, "global_batch_size": t.global_batch_size, "nodes": nodes,
         "gpus_per_node": gpus_per_node, "world_size": world, "gpu": spec.name, "gpu_memory_gb": spec.memory_gb,
         "precision": p.precision, "backend": p.backend, "zero_stage": p.zero_stage,

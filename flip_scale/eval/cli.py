@@ -60,34 +60,28 @@ def _check_inputs(args) -> str | None:
         resolve_checkpoint(args.checkpoint)
     except FileNotFoundError as e:
         return str(e)
-    if args.mask_ensemble and not _mask_ratio(args):
-        return "--mask-ensemble needs a mask: give --mask-ratio above 0 (the run's eval_mask_ratio is 0)"
     return None
 
 
-def _variant(args, mask: float) -> str:
+def _variant(args, mask: float, recipe_mask: float) -> str:
     """'' for the run's standard evaluation; else a file-name-safe tag of what differs."""
     parts = []
     if args.templates is not None:
         parts.append(f"templates{Path(args.templates).stem if os.path.isfile(args.templates) else args.templates}")
-    if args.mask_ratio is not None and mask != _recipe_mask_ratio(args):
+    if args.mask_ratio is not None and mask != recipe_mask:
         parts.append(f"mask{mask:g}")
     if args.mask_ensemble and mask:
         parts.append("ensemble")
     return "_".join(parts)
 
 
-def _mask_ratio(args) -> float:
-    return args.mask_ratio if args.mask_ratio is not None else _recipe_mask_ratio(args)
-
-
-def _recipe_mask_ratio(args) -> float:
+def _recipe_mask_ratio(checkpoint: str) -> float:
     """The run's own model.eval_mask_ratio (0 = full image, FLIP's way)."""
     import yaml
 
     from ..checkpoint import resolve_checkpoint
 
-    config = resolve_checkpoint(args.checkpoint).parent.parent / "config.yaml"
+    config = resolve_checkpoint(checkpoint).parent.parent / "config.yaml"
     data = yaml.safe_load(config.read_text()) if config.is_file() else {}
     return float((data.get("model") or {}).get("eval_mask_ratio", 0.0) or 0.0)
 
@@ -106,6 +100,10 @@ def main_eval(argv: list[str]) -> int:
     problem = _check_inputs(args)
     if problem:
         return _error(problem)
+    recipe_mask = _recipe_mask_ratio(args.checkpoint)  # read once: the mask and the result's name use it
+    mask = args.mask_ratio if args.mask_ratio is not None else recipe_mask
+    if args.mask_ensemble and not mask:
+        return _error("--mask-ensemble needs a mask: give --mask-ratio above 0 (the run's eval_mask_ratio is 0)")
 
     import torch
 
@@ -124,7 +122,6 @@ def main_eval(argv: list[str]) -> int:
     finished = False
     try:
         model, tokenizer, transform = load_for_inference(args.checkpoint, device=device)
-        mask = _mask_ratio(args)
         torch.manual_seed(0)  # masks at inference (if any) are drawn from torch's global RNG
         common = dict(rank=denv.rank, world_size=denv.world_size, batch_size=args.batch_size,
                       progress=not args.no_progress, image_mask_ratio=mask,
@@ -142,7 +139,7 @@ def main_eval(argv: list[str]) -> int:
             result["image_mask_ratio"] = mask
             if args.mask_ensemble:
                 result["image_mask_views"] = ensemble_views(model.visual.num_patches, mask)
-        variant = _variant(args, mask)
+        variant = _variant(args, mask, recipe_mask)
         if variant:
             result["variant"] = variant
         result["world_size"] = denv.world_size

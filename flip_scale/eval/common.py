@@ -163,8 +163,6 @@ def encode_texts(model, tokenizer, texts: list[str], device, batch_size: int,
     return torch.cat(out) if out else torch.zeros(0)
 
 
-
-
 def ensemble_views(num_patches: int, mask_ratio: float) -> int:
     """Masked views of a mask ensemble: enough disjoint kept sets to cover every patch
     (2 at 50%, 4 at 75% for 196 or 256 patches)."""
@@ -193,12 +191,7 @@ def encode_images(model, images: torch.Tensor, mask_ratio: float = 0.0, ensemble
         return model.encode_image(images)
     if not ensemble:
         return model.encode_image(images, mask_ratio=mask_ratio)
-    n = _num_patches(model)
+    n = model.visual.num_patches  # a FlipModel (FSDP2 keeps the class; callers unwrap DDP)
     views = [model.encode_image(images, mask_ratio=mask_ratio, noise=noise).float()
              for noise in complementary_noise(images.shape[0], n, mask_ratio, images.device)]
     return F.normalize(torch.stack(views).mean(0), dim=-1)
-
-
-def _num_patches(model) -> int:
-    inner = getattr(model, "module", model)  # DDP keeps the model as .module
-    return inner.visual.num_patches

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
-from ..models.masking import num_kept
+from ..models.masking import num_kept, num_text_kept
 from ..models.sizes import ModelSize
 
 GB = 1e9
@@ -108,13 +108,14 @@ def _tower_shapes(size: ModelSize, mask_ratio: float, text_length: int):
 
 def activation_bytes_per_sample(size: ModelSize, mask_ratio: float, text_length: int, precision: str = "fp32",
                                 backend: str = "single", checkpointing: bool = False,
-                                flash_attention: bool = True) -> dict:
+                                flash_attention: bool = True, text_mask_ratio: float = 0.0) -> dict:
     """Activation bytes of one training sample (both towers), split into parts.
 
     With checkpointing each block keeps only its input (the residual stream) and one block at a
     time is recomputed in full during backward ('recompute' is that one block, per sample).
     """
     dt = activation_dtypes(precision, backend)
+    text_length = num_text_kept(text_length, text_mask_ratio)  # text masking (Table 1c): kept tokens only
     blocks, recompute = 0.0, 0.0
     for tokens, width, heads, layers in _tower_shapes(size, mask_ratio, text_length):
         full = block_bytes_per_sample(tokens, width, heads, size.mlp_ratio, dt, flash_attention)
@@ -204,7 +205,7 @@ def partition_scheme(backend: str, zero_stage: int | None) -> str:
 
 def plan_memory(size: ModelSize, *, mask_ratio: float, text_length: int, precision: str, backend: str,
                 zero_stage: int | None, checkpointing: bool, world_size: int, global_batch: int,
-                capacity_gb: float, flash_attention: bool = True) -> MemoryPlan:
+                capacity_gb: float, flash_attention: bool = True, text_mask_ratio: float = 0.0) -> MemoryPlan:
     scheme = partition_scheme(backend, zero_stage)
     counts = param_counts(size)
     n = counts["total"]
@@ -226,7 +227,7 @@ def plan_memory(size: ModelSize, *, mask_ratio: float, text_length: int, precisi
     else:
         working = 0.0
     act = activation_bytes_per_sample(size, mask_ratio, text_length, precision, backend, checkpointing,
-                                      flash_attention)
+                                      flash_attention, text_mask_ratio)
     micro = global_batch // world_size
     states = weights + grads + master + moments + working
     gathered_features = loss_bytes(0, global_batch, size.embed_dim) / GB
