@@ -179,8 +179,8 @@ def _shuffle(items: Iterator, bufsize: int, rng: np.random.Generator) -> Iterato
 
 
 def decode_sample(sample: dict, counters: Counter, tokenizer: TextTokenizer | None = None
-                  ) -> tuple[Image.Image, str, list[int] | None] | None:
-    """(RGB image, caption, caption ids) of a raw webdataset sample, or None (counted) when unusable.
+                  ) -> tuple[Image.Image, list[int] | None] | None:
+    """(RGB image, caption ids) of a raw webdataset sample, or None (counted) when unusable.
 
     With a tokenizer the caption is tokenised here, once (ids are None without one), and a
     caption that yields no token (only zero-width or control characters) counts as empty too."""
@@ -199,7 +199,7 @@ def decode_sample(sample: dict, counters: Counter, tokenizer: TextTokenizer | No
     except Exception:  # noqa: BLE001 - PIL raises many types for bad bytes; all mean "skip"
         counters["bad_image"] += 1
         return None
-    return img, caption, ids
+    return img, ids
 
 
 class _ShardStreams(IterableDataset):
@@ -274,7 +274,7 @@ class _ShardStreams(IterableDataset):
                 if decoded is None:
                     continue
                 produced = True
-                img, _, ids = decoded
+                img, ids = decoded
                 g = sample_generator(self.seed, self.rank, stream, epoch, chunk, offset)
                 batch.append((transform(img, g), ids, sample_index(sample["__key__"])))
                 if len(batch) == self.local_batch:
