@@ -24,7 +24,7 @@ from flip_scale.distributed.env import DistEnv, cleanup, select_device  # noqa: 
 from flip_scale.loss import clip_loss  # noqa: E402
 from flip_scale.metrics import device_peak_flops  # noqa: E402
 from flip_scale.models import train_flops_per_sample  # noqa: E402
-from flip_scale.train.build import build_model_from_config  # noqa: E402
+from flip_scale.train.build import build_model_from_config, parallelize_and_build_optimizer  # noqa: E402
 
 TINY = Path(__file__).resolve().parent.parent / "recipes" / "test" / "tiny.yaml"
 
@@ -45,7 +45,7 @@ def measure(overrides: list[str], steps: int, warmup: int) -> dict:
     model = build_model_from_config(cfg)
     n_patches = model.visual.num_patches
     backend = get_backend_class(cfg.parallel.backend)(cfg, denv, device)
-    backend.parallelize(model)
+    parallelize_and_build_optimizer(backend, model, cfg)
     B, S, L = cfg.train.global_batch_size, cfg.data.image_size, cfg.model.text_length
     g = torch.Generator().manual_seed(0)
     images = torch.randn(B, 3, S, S, generator=g).to(device)
@@ -58,8 +58,8 @@ def measure(overrides: list[str], steps: int, warmup: int) -> dict:
 
     def one_step():
         with backend.autocast():
-            fi, ft, scale = module(images, tokens, noise)
-        loss = clip_loss(fi, ft, scale)
+            out = module(images, tokens, noise)
+        loss = clip_loss(out["image_features"], out["text_features"], out["logit_scale"])
         backend.backward(loss)
         backend.step(1e-5)
         backend.clamp_logit_scale()

@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main_export(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from .checkpoint import load_for_inference, resolve_checkpoint
+    from .checkpoint import resolve_checkpoint
+    from .run_dir import load_for_inference
 
     try:
         ckpt = resolve_checkpoint(args.checkpoint)

@@ -31,3 +31,16 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     logits_per_image = scale * img @ all_txt.T
     logits_per_text = scale * txt @ all_img.T
     return 0.5 * (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels))
+
+
+def total_loss(outputs: dict) -> tuple[torch.Tensor, dict]:
+    """The training objective of a model's named outputs: the contrastive loss plus every
+    `*_loss` entry (auxiliary heads). Returns (total, {name: term}) with each term in fp32."""
+    terms = {"contrastive_loss": clip_loss(outputs["image_features"], outputs["text_features"],
+                                           outputs["logit_scale"])}
+    terms.update({k: v.float() for k, v in outputs.items() if k.endswith("_loss")})
+    total = terms["contrastive_loss"]
+    for name, value in terms.items():
+        if name != "contrastive_loss":
+            total = total + value
+    return total, terms

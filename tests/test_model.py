@@ -44,7 +44,7 @@ def test_logit_scale_is_clamped_at_ln100():
     m = create_model("tiny")
     with torch.no_grad():
         m.logit_scale.fill_(10.0)
-    _, _, scale = m(torch.randn(2, 3, 32, 32), torch.zeros(2, 16, dtype=torch.long))
+    scale = m(torch.randn(2, 3, 32, 32), torch.zeros(2, 16, dtype=torch.long))["logit_scale"]
     assert scale.item() == pytest.approx(100.0)
     m.clamp_logit_scale()
     assert m.logit_scale.item() == pytest.approx(math.log(100))
@@ -236,11 +236,12 @@ def test_reconstruction_head_adds_a_trainable_pixel_loss():
     m = create_model("tiny", mask_ratio=0.75, reconstruction_weight=1.0, decoder_width=32, decoder_layers=1,
                      decoder_heads=2).train()
     out = m(torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4, 16)))
-    assert len(out) == 4 and out[3].item() > 0.1
-    out[3].backward()
+    assert set(out) == {"image_features", "text_features", "logit_scale", "reconstruction_loss"}
+    assert out["reconstruction_loss"].item() > 0.1
+    out["reconstruction_loss"].backward()
     assert m.decoder.head.weight.grad is not None and m.visual.blocks[0].attn.qkv.weight.grad is not None
     m.eval()
-    assert m(torch.randn(2, 3, 32, 32), torch.randint(0, 100, (2, 16)))[3].item() == 0.0
+    assert "reconstruction_loss" not in m(torch.randn(2, 3, 32, 32), torch.randint(0, 100, (2, 16)))
 
 
 def test_first_block_sees_cls_then_kept_patches_with_their_own_positions():

@@ -14,7 +14,7 @@ from flip_scale.distributed.backends import get_backend_class
 from flip_scale.distributed.env import DistEnv
 from flip_scale.loss import clip_loss
 from flip_scale.plan import load_plan_config
-from flip_scale.train.build import build_model_from_config
+from flip_scale.train.build import build_model_from_config, parallelize_and_build_optimizer
 from flip_scale.train.optim import lr_at, param_groups
 
 from conftest import ROOT, TINY
@@ -116,7 +116,7 @@ def _single_backend(overrides=()):
     cfg = flip_scale.load_recipe(str(TINY), ["parallel.backend=single", "train.device=cpu", *overrides])
     torch.manual_seed(0)
     backend = get_backend_class(cfg.parallel.backend)(cfg, DistEnv(), torch.device("cpu"))
-    backend.parallelize(build_model_from_config(cfg))
+    parallelize_and_build_optimizer(backend, build_model_from_config(cfg), cfg)
     return cfg, backend
 
 
@@ -149,7 +149,7 @@ def _loss(backend, cfg, batch=8):
     tokens = torch.randint(0, backend.model.size.vocab_size, (batch, cfg.model.text_length), generator=g)
     with backend.autocast():
         out = backend.module(images, tokens)
-    return clip_loss(*out[:3])
+    return clip_loss(out["image_features"], out["text_features"], out["logit_scale"])
 
 
 def _total_norm(params):

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from ..fileio import write_text_atomic
+from ..run_dir import CONFIG
 from .schema import Config
 
 
@@ -235,6 +236,18 @@ def validate(cfg: Config, world_size: int | None = None, check_files: bool = Tru
         fail("checkpoint.every_steps", f"must be >= 0, got {c.every_steps}")
     if c.keep < 1:
         fail("checkpoint.keep", f"must be >= 1, got {c.keep}")
+    if c.every_minutes < 0:
+        fail("checkpoint.every_minutes", f"must be >= 0, got {c.every_minutes}")
+    if t.micro_batch_size is not None:
+        local = t.global_batch_size // (world_size or 1)
+        if t.micro_batch_size < 1:
+            fail("train.micro_batch_size", f"must be positive (or null), got {t.micro_batch_size}")
+        elif world_size is not None and local % t.micro_batch_size:
+            fail("train.micro_batch_size", f"{t.micro_batch_size} does not divide the local batch {local} "
+                                           f"(global {t.global_batch_size} over {world_size} ranks)")
+        if p.backend == "deepspeed" and t.micro_batch_size < local:
+            fail("train.micro_batch_size", "contrastive micro-batching is not available with parallel.backend="
+                                           "deepspeed (its engine owns backward); use fsdp, ddp or single")
     if p.backend not in ("single", "ddp", "fsdp", "deepspeed"):
         fail("parallel.backend", f"must be single, ddp, fsdp or deepspeed, got {p.backend!r}")
     if p.zero_stage is not None and p.backend != "deepspeed":
@@ -267,7 +280,7 @@ def dump_config(cfg: Config) -> str:
 
 def write_config(cfg: Config, run_dir: str | os.PathLike) -> Path:
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    return write_text_atomic(Path(run_dir) / "config.yaml", dump_config(cfg))
+    return write_text_atomic(Path(run_dir) / CONFIG, dump_config(cfg))
 
 
 def config_from_dict(data: dict, source: str = "config.yaml") -> Config:

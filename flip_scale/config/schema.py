@@ -73,7 +73,10 @@ class TrainConfig:
     seed: int = doc(0, "seed of init, data order, augmentation and masks")
     out_dir: str = doc("runs/default", "run directory: config, metrics, checkpoints, summary")
     init_from: Optional[str] = doc(None, "checkpoint or run dir whose weights start this run with a fresh optimizer")
-    log_every_steps: int = doc(10, "steps between metric reductions/logs")
+    micro_batch_size: Optional[int] = doc(None, "samples per rank per forward (contrastive micro-batching with "
+                                                "cached features: the gradient equals the whole batch's); "
+                                                "null = the whole local batch in one pass")
+    log_every_steps: int = doc(10, "steps between metric reductions/logs (and stop/interval agreement)")
     device: str = doc("auto", "auto | cpu | cuda")
 
 
@@ -81,8 +84,12 @@ class TrainConfig:
 class CheckpointConfig:
     """When checkpoints are written and how many stay."""
 
-    every_steps: int = doc(1000, "steps between checkpoints (0 = only at the end)")
+    every_steps: int = doc(1000, "steps between checkpoints (0 = by time and at the end only)")
+    every_minutes: float = doc(0.0, "wall-clock minutes between checkpoints, besides every_steps (0 = off; "
+                                    "paper recipes: 30); checked on log steps")
     keep: int = doc(3, "how many recent checkpoints to keep")
+    async_save: bool = doc(True, "write checkpoints in the background (FSDP/DCP; training waits only for the "
+                                 "copy to host memory); other backends save synchronously")
 
 
 @dataclass

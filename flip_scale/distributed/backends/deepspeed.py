@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ...models.towers import LOGIT_SCALE_MAX
+from ..collectives import any_rank
 from .base import Backend
 from .bf16_inputs import cast_block_inputs, cast_image_input
 from .process_group import ensure_process_group
@@ -92,7 +93,7 @@ class DeepSpeedBackend(Backend):
     def autocast(self):
         return contextlib.nullcontext()  # see the module docstring
 
-    def build_optimizer(self, groups: list[dict]):
+    def build_optimizer(self, groups: list[dict]) -> None:
         import deepspeed
 
         ensure_process_group(self.device)  # DeepSpeed reuses an existing torch.distributed group
@@ -119,13 +120,22 @@ class DeepSpeedBackend(Backend):
                                                           dist_init_required=False)
         self.engine = engine
         self.module = engine  # the trainer calls the engine's forward
-        return ds_optimizer
+        self.optimizer = ds_optimizer
 
     # -- step -------------------------------------------------------------------------------
     def backward(self, loss: torch.Tensor) -> None:
-        self.engine.backward(loss)
+        # DeepSpeed's engine has no device-side skip for bf16/fp32 steps (only fp16 loss scaling
+        # skips), so a non-finite loss is agreed on the host here, before backward: this is the
+        # one per-step host sync that remains, and only under DeepSpeed. A skipped step never
+        # enters backward, so the engine's gradient buffers stay clean.
+        self._skip = any_rank(~torch.isfinite(loss.detach()).reshape(1))[0]
+        if not self._skip:
+            self.engine.backward(loss)
 
     def step(self, lr: float) -> torch.Tensor:
+        if self._skip:
+            self.engine.zero_grad()
+            return torch.tensor(float("nan"), device=self.device)
         for group in self.engine.optimizer.param_groups:
             group["lr"] = lr
         self.engine.step()  # clips (config), steps, zeroes the gradients

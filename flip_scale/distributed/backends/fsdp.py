@@ -77,6 +77,16 @@ class FSDPBackend(Backend):
     def autocast(self):
         return contextlib.nullcontext()  # see module docstring: bf16 comes from the FSDP policy
 
+    @contextlib.contextmanager
+    def no_grad_sync(self):
+        # FSDP2: skip the reduce-scatter of micro batches before the last; gradients accumulate
+        # unsharded until the last backward reduces them all at once.
+        self.model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            self.model.set_requires_gradient_sync(True)
+
     def clip_grad_norm(self) -> torch.Tensor:
         from torch.distributed.tensor import DTensor
 
@@ -107,6 +117,20 @@ class FSDPBackend(Backend):
 
         model_sd, optim_sd = self._state_dicts()
         dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(ckpt_dir))
+
+    supports_async_save = True
+
+    def async_save_context(self) -> "AsyncSaveContext":
+        return AsyncSaveContext(self.device)
+
+    def save_async(self, ckpt_dir: Path, ctx: "AsyncSaveContext"):
+        """Stage model + optimizer state in host memory (training waits for this copy only) and
+        write it in a background thread; returns the write's Future (DCP's async_save)."""
+        import torch.distributed.checkpoint as dcp
+
+        model_sd, optim_sd = self._state_dicts()
+        return dcp.async_save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(ckpt_dir),
+                              process_group=ctx.process_group, async_stager=ctx.stager, planner=ctx.planner)
 
     def load(self, ckpt_dir: Path) -> None:
         import torch.distributed.checkpoint as dcp
@@ -145,3 +169,28 @@ class FSDPBackend(Backend):
         # offload only rank 0 would receive it); tensors are then moved to the CPU one by one.
         sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
         return {k: v.detach().cpu() for k, v in sd.items()}
+
+
+class AsyncSaveContext:
+    """What asynchronous saves reuse from one to the next (torchtitan's async_mode):
+
+    - a gloo group of its own: the write thread's collectives (plan gather, finish) must not
+      share a communicator with the training thread's, and DCP needs a CPU backend anyway;
+    - a stager that copies into host buffers kept between saves (pinned on CUDA, so the copy is
+      a fast DMA); staging is synchronous, so the copy is complete when save_async returns and
+      training may modify the parameters again;
+    - a planner with plan caching: from the second save on, ranks skip re-planning.
+    """
+
+    def __init__(self, device: torch.device):
+        from torch.distributed.checkpoint import DefaultSavePlanner
+        from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+        cuda = device.type == "cuda"
+        self.process_group = dist.new_group(backend="gloo")
+        self.stager = DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=False,
+                                                   use_async_staging=False, use_non_blocking_copy=cuda))
+        self.planner = DefaultSavePlanner(enable_plan_caching=True)
+
+    def close(self) -> None:
+        self.stager.close()
