@@ -84,3 +84,14 @@ def test_demo_refuses_to_replace_a_directory_it_did_not_make(tmp_path):
                        timeout=300)
     assert r.returncode == 2 and "not a demo directory" in r.stderr
     assert (run / "config.yaml").read_text() == "keep me"
+
+
+def test_checkpoints_by_wall_clock_interval_are_agreed_on_log_steps(tmp_path):
+    """checkpoint.every_minutes: with steps disabled, a save happens at a log step once the
+    interval has passed (here: always), never between log steps, plus the final one."""
+    out = tmp_path / "by_time"
+    run_training(load_recipe(TINY, ["train.samples=640", "train.log_every_steps=4", "checkpoint.every_steps=0",
+                                    "checkpoint.every_minutes=0.0001", "checkpoint.keep=10",
+                                    "parallel.backend=single", f"train.out_dir={out}"]))
+    saved = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
+    assert saved == ["step_00000004", "step_00000008", "step_00000010"]
