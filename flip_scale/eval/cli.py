@@ -46,7 +46,6 @@ def _error(msg: str) -> int:
 def _check_inputs(args) -> str | None:
     """One clear line for bad input, before loading anything."""
     from ..checkpoint import resolve_checkpoint
-    from ..run_dir import run_dir_of_checkpoint
 
     data = args.zeroshot or args.retrieval
     if not os.path.isdir(data):
@@ -81,6 +80,7 @@ def _recipe_mask_ratio(checkpoint: str) -> float:
     import yaml
 
     from ..checkpoint import resolve_checkpoint
+    from ..run_dir import run_dir_of_checkpoint
 
     config = run_dir_of_checkpoint(resolve_checkpoint(checkpoint)).config
     data = yaml.safe_load(config.read_text()) if config.is_file() else {}

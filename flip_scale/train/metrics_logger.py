@@ -32,6 +32,13 @@ class Agreed:
     checkpoint_time_due: bool = False
 
 
+def _p99(values: list[float]) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
 def _fmt_time(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -52,6 +59,7 @@ class MetricsLogger:
         self.tripped_at = torch.full((), -1.0, device=device)  # first step of the first long run
         self.grad_norm = torch.full((), float("nan"), device=device)
         self.data_s = 0.0
+        self.batch_waits: list[float] = []  # this window's per-batch waits on this rank
         self.window_start = self.start_wall = time.time()
         self.start_step = 0
         self.last_loss = float("nan")
@@ -64,6 +72,7 @@ class MetricsLogger:
 
     def add_data_wait(self, seconds: float) -> None:
         self.data_s += seconds
+        self.batch_waits.append(seconds)
 
     def accumulate(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         """Device-side bookkeeping of the step just taken (1-based `step`)."""
@@ -87,8 +96,9 @@ class MetricsLogger:
                              torch.tensor(float(stop_requested), device=self.device),
                              torch.tensor(float(checkpoint_time_due), device=self.device),
                              torch.tensor(self.data_s, device=self.device),
-                             torch.tensor(elapsed, device=self.device)])
-        rows = gather_rows(local)  # [world, 8] on the host
+                             torch.tensor(elapsed, device=self.device),
+                             torch.tensor(_p99(self.batch_waits), device=self.device)])
+        rows = gather_rows(local)  # [world, 9] on the host
         self.rows = rows
         tripped = int(rows[0, 3])
         self.nonfinite_steps = int(rows[0, 2])
@@ -126,6 +136,7 @@ class MetricsLogger:
             # The slowest rank gates every step: its wait is the one that costs throughput.
             "data_wait_frac": min(float(data_wait.max()), 1.0),
             "data_wait_frac_rank0": min(float(data_wait[0]), 1.0),
+            "data_wait_p99_s": float(rows[:, 8].max()),  # the worst rank's p99 wait for one batch
             "window_s_slowest_rank": float(rows[slowest, 7]), "slowest_rank": slowest,
             "window_s_median": statistics.median(rows[:, 7].tolist()),
             "skipped/nonfinite_loss_steps": self.nonfinite_steps,
@@ -144,4 +155,5 @@ class MetricsLogger:
         self.loss_sum.zero_()
         self.count.zero_()
         self.data_s = 0.0
+        self.batch_waits = []
         self.window_start = time.time()
