@@ -28,10 +28,11 @@ def _bert_vocab(tmp_path):
 
 
 def test_vocab_txt_authors_tokens_are_word_pieces_only(tmp_path):
-    """The authors' ids (the default, data.text_cls_token false): configs/default.py sets
-    aug.txt.cls_token = False, so input_pipeline_laion.py tfds_preprocess_text pads the BertTokenizer
-    word pieces to max_len = 32 with 0 (tftx.pad_model_inputs) and prepends nothing; tf_text's
-    BertTokenizer adds neither [CLS] nor [SEP]."""
+    """The authors' ids (the default, data.text_cls_token false): configs/default.py:55 sets
+    aug.txt.cls_token = False, so input_pipeline_laion.py:91-96 passes cls_token None and
+    tfds_preprocess_text (lines 41-77) pads the BertTokenizer (line 87) word pieces to max_len = 32
+    with 0 (tftx.pad_model_inputs, line 47) and prepends nothing; tf_text's BertTokenizer adds
+    neither [CLS] nor [SEP]."""
     tok = load_tokenizer(_bert_vocab(tmp_path), 8)
     assert not tok.cls_token
     ids = tok(["A photo of Cats."])[0].tolist()

@@ -131,7 +131,7 @@ def test_eval_embeddings_are_deterministic_and_normalised():
 
 def test_every_block_uses_flax_tanh_gelu():
     """The authors' MlpBlock calls flax's nn.gelu with its default approximate=True, the tanh
-    form (models_flip.py, MlpBlock.__call__: `x = nn.gelu(x)`); erf GELU differs by up to ~1e-3."""
+    form (models_flip.py:83, MlpBlock.__call__: `x = nn.gelu(x)`); erf GELU differs by up to ~1e-3."""
     m = create_model("tiny", reconstruction_weight=1.0)
     blocks = list(m.visual.blocks) + list(m.text.blocks) + list(m.decoder.blocks)
     assert len(blocks) == len(m.transformer_blocks())  # decoder blocks included
@@ -148,7 +148,7 @@ def test_every_block_uses_flax_tanh_gelu():
 
 
 def test_text_feature_is_first_token_and_attends_to_padding():
-    """Position 0's output is the feature (`z_txt = x_txt[:, 0, :]`, models_flip.py FLIP.__call__):
+    """Position 0's output is the feature (`z_txt = x_txt[:, 0, :]`, models_flip.py:554):
     the caption's first word piece with the authors' tokens, [CLS] with data.text_cls_token."""
     m = create_model("tiny").eval()
     toks = torch.randint(5, 100, (1, 16))

@@ -85,7 +85,9 @@ def _group_of(groups):
 # t5x/train_state_initializer.py create_optimizer (lines 74-82) is
 #   filter_bias_and_norm(path) AND filter_posembed(path)        (utils/opt_util.py lines 17-40)
 # i.e. no decay where the leaf name is "bias" or "scale" (flax LayerNorm's weight) or the path
-# contains "pos_embedding"; everything else, the cls token and the logit scale included, decays.
+# contains "pos_embedding"; everything else, the cls token and the logit scale included, decays
+# (configs/default.py:40's comment "(bias, norm, cls, posembed)" describes filter_cls_and_posembed,
+# which create_optimizer does not use).
 def _authors_exempt(name: str, layer_norm_weights: set) -> bool:
     return name.endswith(".bias") or name in layer_norm_weights or "pos_embed" in name
 
@@ -131,7 +133,9 @@ def test_backend_optimizer_decays_only_the_decay_group():
     decayed tensors shrink by (1 - lr * 0.2), the others do not move."""
     cfg, backend = _single_backend()
     model = backend.model
-    assert cfg.train.weight_decay == 0.2 and cfg.train.grad_clip == 0.0  # the authors never clip
+    # No clipping by default: the authors' optimizer is utils/adamw.py:88-99, optax.chain(scale_by_adam,
+    # add_decayed_weights, scale_by_learning_rate), with no clip transform anywhere in the release.
+    assert cfg.train.weight_decay == 0.2 and cfg.train.grad_clip == 0.0
     opt = backend.optimizer
     assert isinstance(opt, torch.optim.AdamW)
     assert all(g["betas"] == (0.9, 0.95) for g in opt.param_groups)  # FLIP_FACTS: beta1 0.9, beta2 0.95
@@ -203,7 +207,8 @@ def test_step_clips_before_the_update_and_returns_the_pre_clip_norm():
 
 
 def test_grad_clip_zero_disables_clipping():
-    cfg, backend = _single_backend(["train.grad_clip=0"])
+    cfg, backend = _single_backend()  # the default: no clipping, as the authors' optimizer
+    assert cfg.train.grad_clip == 0.0
     backend.backward(_loss(backend, cfg))
     params = list(backend.model.parameters())
     pre = _total_norm(params)
