@@ -5,7 +5,7 @@
 # Hardware:  32 nodes x 8 GPUs, one task per GPU; `flip-scale plan recipes/studies/l16_laion400m_12.8b.yaml --nodes 32
 #            --gpus-per-node 8 --gpu h100` planned
 #            8.0h wall-clock, 85 GPU-days (35% MFU assumed).
-# Expected:  IN-1k zero-shot 74.3; Flickr I->T 88.4, COCO I->T 59.8, Flickr T->I 75.0, COCO T->I 44.1.
+# Expected:  after unmasked tuning (recipes/studies/tuning/l16_laion400m_12.8b.yaml, chained with --tune): IN-1k zero-shot 74.3; Flickr I->T 88.4, COCO I->T 59.8, Flickr T->I 75.0, COCO T->I 44.1.
 # Time:      --time is one job's slice; a preempted or timed-out job checkpoints, requeues itself
 #            and resumes, so runs longer than the limit continue on their own.
 # Tiny job on a test cluster, same file:

@@ -4,8 +4,8 @@
 # Recipe:    recipes/studies/h14_laion400m_12.8b.yaml (override with FLIP_RECIPE / FLIP_OVERRIDES / FLIP_OUT; see slurm/common.sh)
 # Hardware:  64 nodes x 8 GPUs, one task per GPU; `flip-scale plan recipes/studies/h14_laion400m_12.8b.yaml --nodes 64
 #            --gpus-per-node 8 --gpu h100` planned
-#            14.8h wall-clock, 316 GPU-days (35% MFU assumed).
-# Expected:  IN-1k zero-shot 75.5; Flickr I->T 89.2, COCO I->T 62.8, Flickr T->I 76.4, COCO T->I 46.0.
+#            11.1h wall-clock, 237 GPU-days (35% MFU assumed).
+# Expected:  after unmasked tuning (recipes/studies/tuning/h14_laion400m_12.8b.yaml, chained with --tune): IN-1k zero-shot 75.5; Flickr I->T 89.2, COCO I->T 62.8, Flickr T->I 76.4, COCO T->I 46.0.
 # Time:      --time is one job's slice; a preempted or timed-out job checkpoints, requeues itself
 #            and resumes, so runs longer than the limit continue on their own.
 # Tiny job on a test cluster, same file:

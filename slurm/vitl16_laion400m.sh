@@ -5,7 +5,7 @@
 # Hardware:  32 nodes x 8 GPUs, one task per GPU; `flip-scale plan recipes/flip/l16_laion400m.yaml --nodes 32
 #            --gpus-per-node 8 --gpu h100` planned
 #            8.0h wall-clock, 85 GPU-days (35% MFU assumed).
-# Expected:  zero-shot ImageNet-1k top-1 74.3 (Table 8 baseline) (FLIP_FACTS.md main results, 12.8B samples, LAION-400M).
+# Expected:  zero-shot ImageNet-1k top-1 74.3 after its unmasked tuning (recipes/flip/l16_laion400m_unmasked_tuning.yaml, chained with --tune; Table 2).
 # Time:      --time is one job's slice; a preempted or timed-out job checkpoints, requeues itself
 #            and resumes, so runs longer than the limit continue on their own.
 # Tiny job on a test cluster, same file:

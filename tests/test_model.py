@@ -129,7 +129,27 @@ def test_eval_embeddings_are_deterministic_and_normalised():
     assert torch.allclose(t.norm(dim=-1), torch.ones(3), atol=1e-5)
 
 
+def test_every_block_uses_flax_tanh_gelu():
+    """The authors' MlpBlock calls flax's nn.gelu with its default approximate=True, the tanh
+    form (models_flip.py:83, MlpBlock.__call__: `x = nn.gelu(x)`); erf GELU differs by up to ~1e-3."""
+    m = create_model("tiny", reconstruction_weight=1.0)
+    blocks = list(m.visual.blocks) + list(m.text.blocks) + list(m.decoder.blocks)
+    assert len(blocks) == len(m.transformer_blocks())  # decoder blocks included
+    for blk in blocks:
+        assert isinstance(blk.mlp.act, torch.nn.GELU) and blk.mlp.act.approximate == "tanh"
+    # Numerically the tanh form, not erf: one block's MLP against the formula written out.
+    mlp = m.text.blocks[0].mlp
+    x = torch.randn(2, 5, mlp.fc1.in_features) * 3
+    h = mlp.fc1(x)
+    tanh_gelu = 0.5 * h * (1 + torch.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h ** 3)))
+    with torch.no_grad():
+        assert torch.allclose(mlp(x), mlp.fc2(tanh_gelu), atol=1e-6)
+        assert not torch.allclose(mlp(x), mlp.fc2(torch.nn.functional.gelu(h)), atol=1e-6)
+
+
 def test_text_feature_is_first_token_and_attends_to_padding():
+    """Position 0's output is the feature (`z_txt = x_txt[:, 0, :]`, models_flip.py:554):
+    the caption's first word piece with the authors' tokens, [CLS] with data.text_cls_token."""
     m = create_model("tiny").eval()
     toks = torch.randint(5, 100, (1, 16))
     toks[0, 8:] = 0

@@ -22,7 +22,7 @@ class ModelConfig:
 
     name: str = doc("tiny", "size: tiny | vit_b16 | vit_l16 | vit_l14 | vit_h14")
     mask_ratio: float = doc(0.5, "fraction of image patches dropped in training, in [0, 1) (FLIP: 0.5)")
-    text_length: int = doc(32, "tokens per caption, [CLS] first, padded/cut (FLIP: 32)")
+    text_length: int = doc(32, "tokens per caption, padded with 0 / cut (FLIP: 32); the text feature is position 0's output")
     image_pool: str = doc("mean_all", "mean_all (FLIP: all tokens incl. cls) | mean_patches | cls")
     vocab_size: Optional[int] = doc(None, "text vocabulary size; null = the size table's (30523 for paper models)")
     text_mask_ratio: float = doc(0.0, "fraction of text tokens dropped in training (Table 1c ablation; FLIP: 0)")
@@ -40,6 +40,8 @@ class DataConfig:
 
     train_shards: str = doc("synthetic", "webdataset shards (brace pattern, comma list, directory, URL, pipe:) or `synthetic`")
     tokenizer: str = doc("builtin", "tokenizers JSON or BERT vocab.txt; `builtin` = the synthetic captions' vocabulary")
+    text_cls_token: bool = doc(False, "true = [CLS] first and [SEP] last; false = word pieces only, "
+                                      "the authors' tokens (aug.txt.cls_token False)")
     image_size: int = doc(224, "input pixels; the model's input size follows it (paper: 224)")
     workers: int = doc(2, "loader worker processes per rank")
     shuffle_buffer: int = doc(1000, "samples held in the shuffle buffer per worker")
@@ -63,11 +65,11 @@ class TrainConfig:
     samples: int = doc(2_560_000_000, "samples seen in the whole run (FLIP: 12.8B; ablations 2.56B)")
     base_lr: float = doc(4e-6, "lr per 256 samples; peak lr = base_lr * global_batch_size / 256")
     warmup_samples: int = doc(51_200_000, "linear warmup length in samples (FLIP: 51.2M for B/L, 256M for H)")
-    weight_decay: float = doc(0.2, "AdamW decoupled weight decay; none on biases, norms, pos/cls embeddings, logit scale")
+    weight_decay: float = doc(0.2, "AdamW decoupled weight decay; none on biases, LayerNorm scales, position embeddings (as the authors)")
     beta1: float = doc(0.9, "AdamW beta1")
     beta2: float = doc(0.95, "AdamW beta2 (FLIP: 0.95)")
     eps: float = doc(1e-8, "AdamW epsilon")
-    grad_clip: float = doc(1.0, "max global gradient norm; 0 disables clipping")
+    grad_clip: float = doc(0.0, "max global gradient norm; 0 = no clipping (FLIP: the authors' optimizer never clips)")
     max_nonfinite_steps: int = doc(10, "this many non-finite losses IN A ROW stop the run (each one alone is "
                                        "skipped and counted); the last good checkpoint stays the latest")
     seed: int = doc(0, "seed of init, data order, augmentation and masks")
