@@ -34,36 +34,48 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(overrides: list[str], steps: int, warmup: int) -> dict:
-    cfg = load_recipe(TINY, overrides)
-    denv = DistEnv()
-    device = select_device(cfg.train.device, denv)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    torch.manual_seed(cfg.train.seed)
-    model = build_model_from_config(cfg)
-    n_patches = model.visual.num_patches
-    backend = get_backend_class(cfg.parallel.backend)(cfg, denv, device)
-    backend.parallelize(model)
-    B, S, L = cfg.train.global_batch_size, cfg.data.image_size, cfg.model.text_length
-    g = torch.Generator().manual_seed(0)
-    images = torch.randn(B, 3, S, S, generator=g).to(device)
-    tokens = torch.randint(1, model.size.vocab_size, (B, L), generator=g).to(device)
-    noise = torch.rand(B, n_patches, generator=g).to(device) if cfg.model.mask_ratio > 0 else None
-    module = backend.module
-    module.train()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+class Engine:
+    """The trainer's model, backend and a fixed batch, built from recipe overrides; `step()` is one
+    training step exactly as the trainer takes it (also used by bench_vs_openclip.py)."""
 
-    def one_step():
+    def __init__(self, overrides: list[str]):
+        cfg = self.cfg = load_recipe(TINY, overrides)
+        self.denv = DistEnv()
+        device = self.device = select_device(cfg.train.device, self.denv)
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(cfg.train.seed)
+        model = self.model = build_model_from_config(cfg)
+        self.n_patches = model.visual.num_patches
+        backend = self.backend = get_backend_class(cfg.parallel.backend)(cfg, self.denv, device)
+        backend.parallelize(model)
+        B, S, L = cfg.train.global_batch_size, cfg.data.image_size, cfg.model.text_length
+        g = torch.Generator().manual_seed(0)
+        self.images = torch.randn(B, 3, S, S, generator=g).to(device)
+        self.tokens = torch.randint(1, model.size.vocab_size, (B, L), generator=g).to(device)
+        self.noise = torch.rand(B, self.n_patches, generator=g).to(device)
+        self.module = backend.module
+        self.module.train()
+
+    def step(self):
+        backend = self.backend
+        noise = self.noise if self.model.mask_ratio > 0 else None
         with backend.autocast():
-            fi, ft, scale = module(images, tokens, noise)
+            fi, ft, scale = self.module(self.images, self.tokens, noise)
         loss = clip_loss(fi, ft, scale)
         backend.backward(loss)
         backend.step(1e-5)
         backend.clamp_logit_scale()
         return loss
+
+
+def measure(overrides: list[str], steps: int, warmup: int) -> dict:
+    engine = Engine(overrides)
+    cfg, model, device, one_step = engine.cfg, engine.model, engine.device, engine.step
+    B, S, L = cfg.train.global_batch_size, cfg.data.image_size, cfg.model.text_length
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
     t0 = time.perf_counter()
     for _ in range(warmup):  # includes compilation and first allocations
