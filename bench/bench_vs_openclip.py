@@ -17,7 +17,8 @@ are the process's CPU time per step with one intra-op thread (on a shared machin
 mostly measures the scheduler; wall times are printed beside them). The reported ratio is the
 median over trials of open_clip's step time / ours (> 1: ours is faster).
 `--json` prints only one JSON line (per-mask rows and `speed_ratio` by mask);
-`--profile MASK` instead prints torch.profiler's top ops of one step of each.
+`--profile MASK` instead prints torch.profiler's top ops of one step of each; `--optimizers`
+instead times torch's AdamW implementations (loop, foreach, fused) on our parameters.
 `--write` replaces the "## Ours vs open_clip (CPU)" section of BENCHMARKS.md with this run.
 """
 from __future__ import annotations
@@ -183,6 +184,38 @@ def profile(mask: float, image_size: int, batch: int, text_length: int, rows: in
     return "\n".join(out)
 
 
+def optimizers(trials: int, image_size: int, text_length: int, log=print) -> str:
+    """CPU time of one AdamW step over our vit_b16's parameters: torch's three implementations
+    (the per-tensor loop, open_clip_train's default on CPU; foreach; fused), alternating."""
+    from flip_scale.models import create_model
+    from flip_scale.train.optim import param_groups
+
+    model = create_model("vit_b16", image_size=image_size, text_length=text_length)
+    g = torch.Generator().manual_seed(0)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=g) * 1e-3
+    kinds = {"loop (foreach=False)": {"foreach": False}, "foreach=True": {"foreach": True},
+             "fused=True": {"fused": True}}
+    opts = {k: torch.optim.AdamW(param_groups(model, 0.2), lr=1e-5, betas=(0.9, 0.95), **kw)
+            for k, kw in kinds.items()}
+    for opt in opts.values():
+        opt.step()  # allocates the moments
+    times = {k: [] for k in kinds}
+    for trial in range(trials):
+        for k in (list(kinds) if trial % 2 == 0 else list(kinds)[::-1]):
+            c0 = time.process_time()
+            opts[k].step()
+            times[k].append(time.process_time() - c0)
+        log(f"trial {trial + 1}/{trials}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items()))
+    n = sum(p.numel() for p in model.parameters())
+    lines = [f"AdamW step over {n / 1e6:.1f}M parameters (vit_b16 at {image_size} px), CPU s, median of {trials}:",
+             "", "| implementation | CPU s/step | vs fused |", "|---|---|---|"]
+    fused = statistics.median(times["fused=True"])
+    for k, v in times.items():
+        lines.append(f"| {k} | {statistics.median(v):.3f} | {statistics.median(v) / fused:.1f}x |")
+    return "\n".join(lines)
+
+
 def table(result: dict) -> str:
     rows = result["rows"]
     base = rows[0] if rows[0]["mask_ratio"] == 0 else None
@@ -219,8 +252,10 @@ def write_section(result: dict, body: str, command: str) -> None:
     section = header + body + "\n"
     if SECTION in text:
         start = text.index(SECTION)
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + (text[nxt + 1:] if nxt != -1 else "")
+        # Up to the next heading of any level: hand-written ### notes below the table survive.
+        nxt = min((i for i in (text.find("\n## ", start + len(SECTION)), text.find("\n### ", start + len(SECTION)))
+                   if i != -1), default=-1)
+        text = text[:start] + section + ("\n" + text[nxt + 1:] if nxt != -1 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text)
@@ -238,9 +273,13 @@ def main(argv=None) -> None:
     ap.add_argument("--text-length", type=int, default=32)
     ap.add_argument("--json", action="store_true", help="print only one JSON line with the ratios")
     ap.add_argument("--write", action="store_true", help="replace the BENCHMARKS.md section with this run")
+    ap.add_argument("--optimizers", action="store_true", help="instead: time torch's AdamW variants on these parameters")
     ap.add_argument("--profile", type=float, metavar="MASK", help="instead: profile one step of each at this mask")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.optimizers:
+        print(optimizers(max(args.trials, 3), args.image_size, args.text_length, log))
+        return
     if args.profile is not None:
         print(profile(args.profile, args.image_size, args.batch, args.text_length))
         return
