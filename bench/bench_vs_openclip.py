@@ -277,13 +277,13 @@ def main(argv=None) -> None:
     ap.add_argument("--profile", type=float, metavar="MASK", help="instead: profile one step of each at this mask")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.optimizers:
-        print(optimizers(max(args.trials, 3), args.image_size, args.text_length, log))
-        return
     if args.profile is not None:
         print(profile(args.profile, args.image_size, args.batch, args.text_length))
         return
     log = (lambda *_: None) if args.json else (lambda s: print(s, flush=True))
+    if args.optimizers:
+        print(optimizers(max(args.trials, 3), args.image_size, args.text_length, log))
+        return
     result = run(args.masks, args.trials, args.steps, args.warmup, args.image_size, args.batch, args.text_length, log)
     body = table(result)
     if args.json:
