@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from flip_scale.config import load_recipe  # noqa: E402
 from flip_scale.distributed.backends import get_backend_class  # noqa: E402
 from flip_scale.distributed.env import DistEnv, cleanup, select_device  # noqa: E402
-from flip_scale.loss import clip_loss  # noqa: E402
 from flip_scale.metrics import device_peak_flops  # noqa: E402
 from flip_scale.models import train_flops_per_sample  # noqa: E402
 from flip_scale.train.build import build_model_from_config, parallelize_and_build_optimizer  # noqa: E402
+from flip_scale.train.step import TrainStep  # noqa: E402
 
 TINY = Path(__file__).resolve().parent.parent / "recipes" / "test" / "tiny.yaml"
 
@@ -34,36 +34,51 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class Engine:
+    """The trainer's model, backend and a fixed batch, built from recipe overrides; `step()` is one
+    training step exactly as the trainer takes it (also used by bench_vs_openclip.py)."""
+
+    def __init__(self, overrides: list[str]):
+        cfg = self.cfg = load_recipe(TINY, overrides)
+        self.denv = DistEnv()
+        device = self.device = select_device(cfg.train.device, self.denv)
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(cfg.train.seed)
+        model = self.model = build_model_from_config(cfg)
+        self.n_patches = model.visual.num_patches
+        backend = self.backend = get_backend_class(cfg.parallel.backend)(cfg, self.denv, device)
+        parallelize_and_build_optimizer(backend, model, cfg)
+        B, S, L = cfg.train.global_batch_size, cfg.data.image_size, cfg.model.text_length
+        g = torch.Generator().manual_seed(0)
+        self.batch = {"images": torch.randn(B, 3, S, S, generator=g).to(device),
+                      "tokens": torch.randint(1, model.size.vocab_size, (B, L), generator=g).to(device)}
+        # The trainer's own step: masks from the data positions, named outputs, *_loss terms,
+        # backward, the device-side non-finite skip, the fused update and the logit-scale clamp.
+        self.train_step = TrainStep(backend, cfg, self.n_patches, B, 0, device)
+        self.module = backend.module
+        self.module.train()
+        self.steps_taken = 0
+
+    def set_mask_ratio(self, ratio: float) -> None:
+        """Another mask ratio on the same model (the step's noise follows the config)."""
+        self.model.mask_ratio = self.cfg.model.mask_ratio = ratio
+        self.train_step = TrainStep(self.backend, self.cfg, self.n_patches, self.cfg.train.global_batch_size, 0,
+                                    self.device)
+
+    def step(self):
+        loss, _ = self.train_step(self.batch, self.steps_taken, 1e-5)
+        self.steps_taken += 1
+        return loss
+
+
 def measure(overrides: list[str], steps: int, warmup: int) -> dict:
-    cfg = load_recipe(TINY, overrides)
-    denv = DistEnv()
-    device = select_device(cfg.train.device, denv)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    torch.manual_seed(cfg.train.seed)
-    model = build_model_from_config(cfg)
-    n_patches = model.visual.num_patches
-    backend = get_backend_class(cfg.parallel.backend)(cfg, denv, device)
-    parallelize_and_build_optimizer(backend, model, cfg)
+    engine = Engine(overrides)
+    cfg, model, device, one_step = engine.cfg, engine.model, engine.device, engine.step
     B, S, L = cfg.train.global_batch_size, cfg.data.image_size, cfg.model.text_length
-    g = torch.Generator().manual_seed(0)
-    images = torch.randn(B, 3, S, S, generator=g).to(device)
-    tokens = torch.randint(1, model.size.vocab_size, (B, L), generator=g).to(device)
-    noise = torch.rand(B, n_patches, generator=g).to(device) if cfg.model.mask_ratio > 0 else None
-    module = backend.module
-    module.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-
-    def one_step():
-        with backend.autocast():
-            out = module(images, tokens, noise)
-        loss = clip_loss(out["image_features"], out["text_features"], out["logit_scale"])
-        backend.backward(loss)
-        backend.step(1e-5)
-        backend.clamp_logit_scale()
-        return loss
 
     t0 = time.perf_counter()
     for _ in range(warmup):  # includes compilation and first allocations

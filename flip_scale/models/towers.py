@@ -1,7 +1,8 @@
 """Image and text towers built from timm's transformer Block.
 
 Attention runs through timm's Attention, which calls torch's scaled_dot_product_attention
-(fused flash / memory-efficient kernels on GPUs, the math kernel on CPU).
+(fused flash / memory-efficient kernels on GPUs; on the CPU, torch's flash kernel for CPU,
+`_scaled_dot_product_flash_attention_for_cpu`, as the profiler shows in training).
 """
 from __future__ import annotations
 

@@ -1,0 +1,299 @@
+"""Our training step against open_clip's on the same architecture, alternating in one process.
+
+    python bench/bench_vs_openclip.py [--trials 5] [--steps 2] [--json] [--write]
+
+Ours: the trainer's step through the `single` backend (bench/engine_loop.py's Engine: forward
+with FLIP masking, clip_loss, backward, grad clipping, AdamW, logit-scale clamp). open_clip: its
+CLIP with PatchDropout, ClipLoss, and AdamW built and stepped as open_clip_train builds them
+(main.py's two decay groups, train.py's step: zero_grad, forward, loss, backward,
+clip_grad_norm_, step, logit-scale clamp), with the same grad clip norm as ours (1.0).
+
+Same architecture on both sides: vit_b16 towers (ViT-B/16 image, 12x512 text), 112 px (49
+patches), batch 32, text length 32, our vocabulary (30523), fp32, CPU. open_clip is set up as
+close to FLIP as its config allows: bidirectional text with first-token pooling, fixed sin-cos
+image positions, no pre-LayerNorm, average pooling. The two engines alternate (order flipped
+every trial) at each mask ratio, step by step, so load from other jobs hits both alike. Times
+are the process's CPU time per step with one intra-op thread (on a shared machine wall time
+mostly measures the scheduler; wall times are printed beside them). The reported ratio is the
+median over trials of open_clip's step time / ours (> 1: ours is faster).
+`--json` prints only one JSON line (per-mask rows and `speed_ratio` by mask);
+`--profile MASK` instead prints torch.profiler's top ops of one step of each; `--optimizers`
+instead times torch's AdamW implementations (loop, foreach, fused) on our parameters.
+`--write` replaces the "## Ours vs open_clip (CPU)" section of BENCHMARKS.md with this run.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engine_loop import Engine  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SECTION = "## Ours vs open_clip (CPU)"
+
+
+def our_engine(image_size: int, batch: int, text_length: int) -> Engine:
+    return Engine(["model.name=vit_b16", f"data.image_size={image_size}", f"model.text_length={text_length}",
+                   f"train.global_batch_size={batch}", "parallel.backend=single", "parallel.precision=fp32",
+                   "parallel.compile=false", "parallel.activation_checkpointing=false", "train.device=cpu",
+                   "model.mask_ratio=0.0"])
+
+
+class OpenClipEngine:
+    """open_clip's CLIP + PatchDropout + ClipLoss + AdamW, stepped as open_clip_train's train.py does."""
+
+    def __init__(self, ours: Engine):
+        import open_clip
+        from open_clip.loss import ClipLoss
+
+        cfg, size = ours.cfg, ours.model.size
+        t = cfg.train
+        vision = open_clip.CLIPVisionCfg(layers=size.vision_layers, width=size.vision_width,
+                                         head_width=size.vision_width // size.vision_heads, mlp_ratio=size.mlp_ratio,
+                                         patch_size=size.patch_size, image_size=size.image_size,
+                                         pos_embed_type="sin_cos_2d", no_ln_pre=True, pool_type="avg")
+        text = open_clip.CLIPTextCfg(context_length=size.text_length, vocab_size=size.vocab_size,
+                                     width=size.text_width, heads=size.text_heads, layers=size.text_layers,
+                                     mlp_ratio=size.mlp_ratio, no_causal_mask=True, pool_type="first")
+        torch.manual_seed(t.seed)
+        self.model = open_clip.CLIP(size.embed_dim, vision, text, output_dict=True)
+        self.model.train()
+        self.loss = ClipLoss()
+        # open_clip_train/main.py's optimizer, verbatim apart from names.
+        exclude = lambda n, p: p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n  # noqa: E731
+        named = list(self.model.named_parameters())
+        self.optimizer = torch.optim.AdamW(
+            [{"params": [p for n, p in named if exclude(n, p) and p.requires_grad], "weight_decay": 0.0},
+             {"params": [p for n, p in named if not exclude(n, p) and p.requires_grad], "weight_decay": t.weight_decay}],
+            lr=1e-5, betas=(t.beta1, t.beta2), eps=t.eps)
+        self.grad_clip = t.grad_clip
+        self.images, self.tokens = ours.batch["images"], ours.batch["tokens"]
+        self.mask_ratio = 0.0
+
+    def set_mask_ratio(self, ratio: float) -> None:
+        from open_clip.transformer import PatchDropout
+
+        self.mask_ratio = ratio
+        self.model.visual.patch_dropout = PatchDropout(ratio) if ratio > 0 else nn.Identity()
+
+    def step(self):
+        self.optimizer.zero_grad()
+        out = self.model(self.images, self.tokens)
+        losses = self.loss(**out, output_dict=True)
+        total = sum(losses.values())
+        total.backward()
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip, norm_type=2.0)
+        self.optimizer.step()
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, math.log(100))
+        return total
+
+
+def timed(step, n: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) per step."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(n):
+        loss = step()
+    float(loss.detach())
+    return (time.perf_counter() - w0) / n, (time.process_time() - c0) / n
+
+
+def run(masks: list[float], trials: int, steps: int, warmup: int, image_size: int, batch: int,
+        text_length: int, log=print) -> dict:
+    ours = our_engine(image_size, batch, text_length)
+    theirs = OpenClipEngine(ours)
+    params = {"ours": sum(p.numel() for p in ours.model.parameters()),
+              "open_clip": sum(p.numel() for p in theirs.model.parameters())}
+    log(f"parameters: ours {params['ours'] / 1e6:.1f}M, open_clip {params['open_clip'] / 1e6:.1f}M")
+
+    def set_mask(m: float) -> None:
+        ours.set_mask_ratio(m)
+        theirs.set_mask_ratio(m)
+
+    # CPU time of this process is what the ratios use: on a machine shared with other jobs, wall
+    # time mostly measures how long the scheduler kept us waiting; with one intra-op thread the
+    # process's CPU time is the step's own work (wall time is reported beside it).
+    times = {m: {k: [] for k in ("ours", "open_clip", "ours_wall", "open_clip_wall")} for m in masks}
+    for m in masks:  # first allocations, per shape
+        set_mask(m)
+        timed(ours.step, warmup)
+        timed(theirs.step, warmup)
+    for trial in range(trials):
+        for m in masks:
+            set_mask(m)
+            # Step by step, A B A B..., the order flipped every trial: a burst of load from other
+            # jobs lands on both engines alike.
+            pair = [("ours", ours.step), ("open_clip", theirs.step)]
+            spent = {k: 0.0 for k in times[m]}
+            for _ in range(steps):
+                for name, step in (pair if trial % 2 == 0 else pair[::-1]):
+                    wall, cpu = timed(step, 1)
+                    spent[name] += cpu
+                    spent[name + "_wall"] += wall
+            for name in spent:
+                times[m][name].append(spent[name] / steps)
+            t = {k: v[-1] for k, v in times[m].items()}
+            log(f"trial {trial + 1}/{trials} mask {m}: CPU s/step ours {t['ours']:.3f}, open_clip "
+                f"{t['open_clip']:.3f}, ratio {t['open_clip'] / t['ours']:.3f} (wall {t['ours_wall']:.3f}, "
+                f"{t['open_clip_wall']:.3f}, ratio {t['open_clip_wall'] / t['ours_wall']:.3f})")
+    rows = []
+    for m in masks:
+        tm = times[m]
+        ratios = [o / u for u, o in zip(tm["ours"], tm["open_clip"])]
+        wall_ratios = [o / u for u, o in zip(tm["ours_wall"], tm["open_clip_wall"])]
+        rows.append({"mask_ratio": m, "ours_step_s": statistics.median(tm["ours"]),
+                     "open_clip_step_s": statistics.median(tm["open_clip"]),
+                     "speed_ratio": statistics.median(ratios), "speed_ratio_min": min(ratios),
+                     "speed_ratio_max": max(ratios), "ours_wall_s": statistics.median(tm["ours_wall"]),
+                     "open_clip_wall_s": statistics.median(tm["open_clip_wall"]),
+                     "wall_speed_ratio": statistics.median(wall_ratios)})
+    return {"model": "vit_b16", "image_size": image_size, "batch": batch, "text_length": text_length,
+            "precision": "fp32", "device": "cpu", "threads": torch.get_num_threads(), "trials": trials,
+            "steps_per_trial": steps, "timing": "process CPU time", "params": params, "rows": rows}
+
+
+def profile(mask: float, image_size: int, batch: int, text_length: int, rows: int = 30) -> str:
+    """One step of each engine under torch.profiler: the ops by self CPU time, side by side."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    ours = our_engine(image_size, batch, text_length)
+    theirs = OpenClipEngine(ours)
+    ours.set_mask_ratio(mask)
+    theirs.set_mask_ratio(mask)
+    out = []
+    for name, step in (("ours", ours.step), ("open_clip", theirs.step)):
+        step()  # first allocations
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+        out.append(f"== {name}, mask {mask} ==\n"
+                   + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+    return "\n".join(out)
+
+
+def optimizers(trials: int, image_size: int, text_length: int, log=print) -> str:
+    """CPU time of one AdamW step over our vit_b16's parameters: torch's three implementations
+    (the per-tensor loop, open_clip_train's default on CPU; foreach; fused), alternating."""
+    from flip_scale.models import create_model
+    from flip_scale.train.optim import param_groups
+
+    model = create_model("vit_b16", image_size=image_size, text_length=text_length)
+    g = torch.Generator().manual_seed(0)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=g) * 1e-3
+    kinds = {"loop (foreach=False)": {"foreach": False}, "foreach=True": {"foreach": True},
+             "fused=True": {"fused": True}}
+    opts = {k: torch.optim.AdamW(param_groups(model, 0.2), lr=1e-5, betas=(0.9, 0.95), **kw)
+            for k, kw in kinds.items()}
+    for opt in opts.values():
+        opt.step()  # allocates the moments
+    times = {k: [] for k in kinds}
+    for trial in range(trials):
+        for k in (list(kinds) if trial % 2 == 0 else list(kinds)[::-1]):
+            c0 = time.process_time()
+            opts[k].step()
+            times[k].append(time.process_time() - c0)
+        log(f"trial {trial + 1}/{trials}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items()))
+    n = sum(p.numel() for p in model.parameters())
+    lines = [f"AdamW step over {n / 1e6:.1f}M parameters (vit_b16 at {image_size} px), CPU s, median of {trials}:",
+             "", "| implementation | CPU s/step | vs fused |", "|---|---|---|"]
+    fused = statistics.median(times["fused=True"])
+    for k, v in times.items():
+        lines.append(f"| {k} | {statistics.median(v):.3f} | {statistics.median(v) / fused:.1f}x |")
+    return "\n".join(lines)
+
+
+def table(result: dict) -> str:
+    rows = result["rows"]
+    base = rows[0] if rows[0]["mask_ratio"] == 0 else None
+    lines = ["| mask | ours CPU s/step | open_clip CPU s/step | ours speed / open_clip's (median, min-max) |"
+             " wall s/step (ours, open_clip; ratio) |" + (" time vs mask 0 (ours, open_clip) |" if base else ""),
+             "|---|---|---|---|---|" + ("---|" if base else "")]
+    for r in rows:
+        line = (f"| {r['mask_ratio']} | {r['ours_step_s']:.2f} | {r['open_clip_step_s']:.2f} | "
+                f"**{r['speed_ratio']:.3f}x** ({r['speed_ratio_min']:.3f}-{r['speed_ratio_max']:.3f}) | "
+                f"{r['ours_wall_s']:.2f}, {r['open_clip_wall_s']:.2f}; {r['wall_speed_ratio']:.3f}x |")
+        if base:
+            line += (f" {r['ours_step_s'] / base['ours_step_s']:.2f}, "
+                     f"{r['open_clip_step_s'] / base['open_clip_step_s']:.2f} |")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def write_section(result: dict, body: str, command: str) -> None:
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    import open_clip
+
+    cpu = platform.processor() or platform.machine()
+    header = (f"{SECTION}\n\nWhat is measured: one training step of ours (`single` backend, the trainer's step) and"
+              f" of open_clip {open_clip.__version__} (CLIP + PatchDropout + ClipLoss + AdamW as open_clip_train"
+              f" builds them, grad clip 1.0 like ours) on the same architecture: vit_b16 towers at"
+              f" {result['image_size']} px, batch {result['batch']}, text length {result['text_length']}, fp32,"
+              f" one process, {result['threads']} thread(s); alternating in one invocation, {result['trials']}"
+              f" trials of {result['steps_per_trial']} steps per engine and mask, medians of the process's CPU time per"
+              f" step (wall time beside it: the machine is shared).\n\n"
+              f"**{os.cpu_count()}-core CPU ({cpu}), no GPU**, shared with other jobs, Python"
+              f" {platform.python_version()}, torch {torch.__version__},"
+              f" {datetime.date.today().isoformat()}, `{command}`\n\n")
+    section = header + body + "\n"
+    if SECTION in text:
+        start = text.index(SECTION)
+        # Up to the next heading of any level: hand-written ### notes below the table survive.
+        nxt = min((i for i in (text.find("\n## ", start + len(SECTION)), text.find("\n### ", start + len(SECTION)))
+                   if i != -1), default=-1)
+        text = text[:start] + section + ("\n" + text[nxt + 1:] if nxt != -1 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--masks", type=float, nargs="+", default=[0.0, 0.5, 0.75])
+    ap.add_argument("--trials", type=int, default=5, help="alternating rounds; ratios are medians over them")
+    ap.add_argument("--steps", type=int, default=2, help="timed steps per engine, mask and trial")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps per engine and mask before the trials")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: steadier on a shared machine)")
+    ap.add_argument("--image-size", type=int, default=112)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--text-length", type=int, default=32)
+    ap.add_argument("--json", action="store_true", help="print only one JSON line with the ratios")
+    ap.add_argument("--write", action="store_true", help="replace the BENCHMARKS.md section with this run")
+    ap.add_argument("--optimizers", action="store_true", help="instead: time torch's AdamW variants on these parameters")
+    ap.add_argument("--profile", type=float, metavar="MASK", help="instead: profile one step of each at this mask")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.profile is not None:
+        print(profile(args.profile, args.image_size, args.batch, args.text_length))
+        return
+    log = (lambda *_: None) if args.json else (lambda s: print(s, flush=True))
+    if args.optimizers:
+        print(optimizers(max(args.trials, 3), args.image_size, args.text_length, log))
+        return
+    result = run(args.masks, args.trials, args.steps, args.warmup, args.image_size, args.batch, args.text_length, log)
+    body = table(result)
+    if args.json:
+        print(json.dumps({**result, "speed_ratio": {str(r["mask_ratio"]): round(r["speed_ratio"], 4)
+                                                    for r in result["rows"]}}), flush=True)
+    else:
+        print("\n" + body)
+    if args.write:
+        write_section(result, body, "python bench/bench_vs_openclip.py " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
