@@ -162,6 +162,9 @@ def _param_counts_cached(size: ModelSize) -> dict:
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     return {"total": count(model), "image": count(model.visual), "text": count(model.text),
             "largest_block": max(count(b) for b in model.transformer_blocks()),
+            # per-tower block sizes and counts: the FSDP units the communication model gathers
+            "image_block": count(model.visual.blocks[0]), "image_layers": len(model.visual.blocks),
+            "text_block": count(model.text.blocks[0]), "text_layers": len(model.text.blocks),
             "outside_blocks": count(model) - sum(count(b) for b in model.transformer_blocks())}
 
 
@@ -205,8 +208,11 @@ def partition_scheme(backend: str, zero_stage: int | None) -> str:
 
 def plan_memory(size: ModelSize, *, mask_ratio: float, text_length: int, precision: str, backend: str,
                 zero_stage: int | None, checkpointing: bool, world_size: int, global_batch: int,
-                capacity_gb: float, flash_attention: bool = True, text_mask_ratio: float = 0.0) -> MemoryPlan:
+                capacity_gb: float, flash_attention: bool = True, text_mask_ratio: float = 0.0,
+                shard_group: int | None = None) -> MemoryPlan:
+    """shard_group: ranks that partition one model copy (HSDP); None = all ranks."""
     scheme = partition_scheme(backend, zero_stage)
+    shard_ranks = shard_group or world_size
     counts = param_counts(size)
     n = counts["total"]
     if precision == "fp32":
@@ -214,7 +220,7 @@ def plan_memory(size: ModelSize, *, mask_ratio: float, text_length: int, precisi
     else:
         w, g, m, mo = STATE_BYTES[("bf16", backend if backend in ("deepspeed", "fsdp") else "autocast")]
     split = PARTITIONED[scheme]
-    shard = lambda name, b: n * b / (world_size if name in split else 1) / GB  # noqa: E731
+    shard = lambda name, b: n * b / (shard_ranks if name in split else 1) / GB  # noqa: E731
     weights, grads, master, moments = shard("weights", w), shard("grads", g), shard("master", m), shard("moments", mo)
     compute_bytes = 2 if precision == "bf16" else 4
     if scheme == "zero3":
