@@ -43,10 +43,10 @@ def test_ddp_bytes():
 
 
 def test_flat_fsdp_bytes():
-    """bf16 gathers forward (all units) and backward (blocks; the root stays gathered), fp32
-    reduce-scatter: about 8 bytes per parameter, the issue's ~8.8 GB per rank with the loss."""
+    """bf16 gathers forward and backward, fp32 reduce-scatter: 8 bytes per parameter, the
+    issue's ~8.8 GB per rank with the loss."""
     ring = (W - 1) / W
-    want = ring * (2 * N + 2 * (N - ROOT_PARAMS) + 4 * N) + loss_bytes(W)
+    want = ring * 8 * N + loss_bytes(W)
     got = bytes_per_rank(backend="fsdp")
     assert got == pytest.approx(want, rel=1e-12)
     assert 8.5e9 < got < 9e9
@@ -55,12 +55,12 @@ def test_flat_fsdp_bytes():
         ring * 6 * N + loss_bytes(W), rel=1e-12)
     # fp32: 4-byte gathers.
     assert bytes_per_rank(backend="fsdp", precision="fp32") == pytest.approx(
-        ring * (4 * N + 4 * (N - ROOT_PARAMS) + 4 * N) + loss_bytes(W), rel=1e-12)
+        ring * 12 * N + loss_bytes(W), rel=1e-12)
 
 
 def test_hsdp_bytes_and_what_crosses_nodes():
     g, r = 8, W // 8
-    shard = (g - 1) / g * (2 * N + 2 * (N - ROOT_PARAMS) + 4 * N)
+    shard = (g - 1) / g * 8 * N
     replicate = 2 * (r - 1) / r * 4 * N / g
     assert bytes_per_rank(backend="fsdp", shard_group=g) == pytest.approx(shard + replicate + loss_bytes(W), rel=1e-12)
     lay = C.Layout(backend="fsdp", world=W, gpus_per_node=GPN, shard_group=g)
@@ -82,7 +82,7 @@ def test_zero12_bytes(stage):
 
 
 def test_zero3_bytes():
-    """Like FSDP, but ZeRO-3 releases the root's parameters too, so backward gathers them again."""
+    """Like FSDP: gathers in forward and backward, reduce-scatter of fp32 gradients."""
     ring = (W - 1) / W
     assert bytes_per_rank(backend="deepspeed", zero_stage=3) == pytest.approx(ring * 8 * N + loss_bytes(W), rel=1e-12)
 

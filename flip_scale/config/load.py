@@ -245,6 +245,13 @@ def validate(cfg: Config, world_size: int | None = None, check_files: bool = Tru
         fail("parallel.precision", f"must be fp32 or bf16, got {p.precision!r}")
     if p.backend == "single" and world_size is not None and world_size > 1:
         fail("parallel.backend", f"is single but {world_size} processes were launched; use ddp, fsdp or deepspeed")
+    if p.shard_group_size is not None:
+        if p.backend != "fsdp":
+            fail("parallel.shard_group_size", f"is set ({p.shard_group_size}) but parallel.backend is {p.backend!r}, not fsdp")
+        if p.shard_group_size < 1:
+            fail("parallel.shard_group_size", f"must be positive, got {p.shard_group_size}")
+        if world_size is not None and world_size % p.shard_group_size:
+            fail("parallel.shard_group_size", f"{p.shard_group_size} does not divide the world size {world_size}")
     if p.init_timeout_s <= 0 or p.timeout_s <= 0:
         fail("parallel.timeout_s", f"timeouts must be positive, got {p.init_timeout_s}, {p.timeout_s}")
     if t.max_nonfinite_steps < 1:

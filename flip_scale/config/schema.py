@@ -95,7 +95,10 @@ class ParallelConfig:
     compile: bool = doc(False, "torch.compile each transformer block")
     precision: str = doc("fp32", "fp32 | bf16 (bf16 autocast / bf16 params with fp32 reduction)")
     init_timeout_s: float = doc(1800.0, "collective timeout while starting (first steps include compile and loading)")
-    timeout_s: float = doc(600.0, "collective timeout after the first steps: a dead or hung peer ends the job")
+    timeout_s: float = doc(300.0, "collective timeout after the first steps, on every process group: a dead or "
+                                  "hung peer ends the job")
+    shard_group_size: Optional[int] = doc(None, "fsdp: ranks that shard one model copy (HSDP; e.g. 8 = a node); "
+                                                "copies replicate across groups; null = flat FSDP over all ranks")
 
 
 @dataclass

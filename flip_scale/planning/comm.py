@@ -10,9 +10,9 @@ sends per step.
 What each layout moves (N parameters, p bytes each in the compute dtype: 2 under bf16, 4 in
 fp32; gradients are reduced in fp32, 4 bytes, by every backend here):
   ddp          all-reduce of the fp32 gradients (25 MB buckets, DDP's default)
-  fsdp         per FSDP unit: all-gather in forward; again in backward when the unit resharded
-               after forward; reduce-scatter of the gradients. The root (embeddings, heads) stays
-               gathered after forward, so it is gathered once.
+  fsdp         per FSDP unit: all-gather in forward; again in backward when the units reshard
+               after forward (the root, embeddings and heads, included: measured); reduce-scatter
+               of the gradients
   hsdp         fsdp within a shard group of G ranks, plus an all-reduce of each rank's gradient
                shard (N/G) across the W/G replicas
   zero1/zero2  reduce-scatter of the gradients (in buckets) during backward, all-gather of the
@@ -184,12 +184,14 @@ def _sharded(layout: Layout, counts: dict, group: int, nodes: int, reshard: bool
     units = fsdp_units(counts, 1 if zero3 else layout.blocks_per_unit)
     p, n = layout.param_bytes, sum(u for _, u in units)
     block_units = [u for name, u in units if name != "root"]
-    # FSDP keeps its root gathered after forward (backend fsdp.py); ZeRO-3 releases every
-    # partitioned parameter after use, so backward gathers the root's again.
-    regathered = [u for _, u in units] if zero3 else block_units
+    # Backward gathers every unit again, the root included: ZeRO-3 releases every partitioned
+    # parameter after use, and FSDP2 (torch 2.14) re-gathers our root in backward although it is
+    # wrapped with reshard_after_forward=False (the nested encode_image/encode_text forward
+    # methods reshard it); measured on gloo in tests/test_hsdp.py.
+    regathered = [u for _, u in units]
     out = [Collective("all-gather (forward)", "all_gather", "forward", group, nodes, n * p, len(units),
                       max(units[0][1], max(block_units, default=0)) * p)]
-    if reshard:  # the root is never resharded after forward (backward needs it first)
+    if reshard:
         out.append(Collective("all-gather (backward)", "all_gather", "backward", group, nodes,
                               sum(regathered) * p, len(regathered), max(regathered, default=0) * p))
     # Backward ends with the root's reduce-scatter: the last one, with no compute after it.

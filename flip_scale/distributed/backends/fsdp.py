@@ -36,6 +36,23 @@ def _strip_wrappers(name: str) -> str:
     return name
 
 
+def build_mesh(device_type: str, world: int, shard_group_size: int | None):
+    """Flat FSDP: a 1-D mesh over all ranks. HSDP (parallel.shard_group_size = G < world): a 2-D
+    mesh (replicate, shard) of world/G copies x G ranks; consecutive ranks (one node when G is
+    the node's GPU count) shard a copy, so the parameter gathers and gradient reduce-scatters stay
+    inside a node, and only each rank's gradient shard is all-reduced across the copies.
+    fully_shard on a 2-D mesh is FSDP2's HSDP; DCP checkpoints save each shard once and load into
+    either layout."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if shard_group_size is None or shard_group_size >= world:
+        return init_device_mesh(device_type, (world,))
+    if world % shard_group_size:
+        raise ValueError(f"parallel.shard_group_size {shard_group_size} does not divide the world size {world}")
+    return init_device_mesh(device_type, (world // shard_group_size, shard_group_size),
+                            mesh_dim_names=("replicate", "shard"))
+
+
 def apply_fsdp(model: nn.Module, mesh, precision: str) -> None:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -61,12 +78,11 @@ class FSDPBackend(Backend):
     name = "fsdp"
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import register_fsdp_forward_method
 
         ensure_process_group(self.device)
         model.to(self.device)
-        mesh = init_device_mesh(self.device.type, (dist.get_world_size(),))
+        mesh = build_mesh(self.device.type, dist.get_world_size(), self.cfg.parallel.shard_group_size)
         apply_fsdp(model, mesh, self.cfg.parallel.precision)
         # Evaluation calls these instead of forward; registering them makes FSDP gather the
         # parameters around them as it does around forward.
