@@ -190,3 +190,41 @@ def test_shard_group_size_is_checked(overrides, world, needle):
     with pytest.raises(ConfigError, match="parallel.shard_group_size") as err:
         load_recipe(TINY, overrides, world_size=world)
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def _timeout_worker(rank, world, port, result):
+    import time
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from flip_scale.distributed.env import DistEnv, init_distributed, process_groups, set_collective_timeout
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    init_distributed(DistEnv(rank, world, rank, "torchrun"), torch.device("cpu"), timeout_s=1800)
+    mesh = init_device_mesh("cpu", (1, 2), mesh_dim_names=("replicate", "shard"))  # HSDP's sub-groups
+    shard = mesh.get_group("shard")
+    changed = set_collective_timeout(2.0)
+    if rank == 1:
+        time.sleep(8)  # a hung peer: never joins the collective below
+        os._exit(0)
+    start = time.time()
+    try:
+        dist.all_reduce(torch.ones(1), group=shard)
+        outcome = "completed"
+    except Exception as err:  # noqa: BLE001 - gloo raises a RuntimeError naming the timeout
+        outcome = f"{type(err).__name__}: {err}"
+    with open(result, "w") as f:
+        json.dump({"elapsed": time.time() - start, "outcome": outcome, "changed": len(changed),
+                   "groups": len(process_groups()), "shard_in_changed": shard in changed}, f)
+    os._exit(0)  # the peer is gone: no teardown barrier
+
+
+def test_timeout_switch_reaches_the_sub_mesh_groups(tmp_path):
+    """After set_collective_timeout(2) a collective on an HSDP sub-mesh group whose peer hangs
+    fails in seconds, not after the 1800 s start-up timeout."""
+    result = tmp_path / "result.json"
+    mp.start_processes(_timeout_worker, args=(2, free_port(), str(result)), nprocs=2, start_method="spawn")
+    r = json.loads(result.read_text())
+    assert r["outcome"] != "completed" and r["elapsed"] < 7, r
+    assert r["shard_in_changed"] and r["changed"] == r["groups"] >= 2, r
