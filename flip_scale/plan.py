@@ -20,7 +20,7 @@ from .models.sizes import get_size
 from .planning.comm import Layout, Link, gbps_to_bytes, plan_comm
 from .planning.compute import DEFAULT_MFU, plan_compute
 from .planning.hardware import GPUS, get_gpu
-from .planning.memory import param_counts, plan_memory
+from .planning.memory import param_counts, plan_memory, resolve_reshard
 from .planning.paper import format_story
 from .planning.runtime import (DEFAULT_FAILURES_PER_NODE_DAY, DEFAULT_RESTART_MIN, LOADER_IMAGES_PER_CORE,
                                checkpoint_cost, cores_per_gpu, loader_samples_per_s, plan_runtime)
@@ -36,16 +36,17 @@ def load_plan_config(path: str, overrides: list[str], world_size: int) -> Config
     return load_recipe(path, overrides, world_size=world_size, check_files=False)
 
 
-def layout_of(cfg: Config, world: int, gpus_per_node: int) -> Layout:
+def layout_of(cfg: Config, world: int, gpus_per_node: int, capacity_gb: float | None = None) -> Layout:
     """The recipe's parallel section as the communication model sees it."""
     p = cfg.parallel
-    shard = getattr(p, "shard_group_size", None)
-    reshard = getattr(p, "reshard_after_forward", True)
+    shard = p.shard_group_size
+    # auto: decided against the card's memory, as the backend does at start-up
+    reshard = resolve_reshard(cfg, world, capacity_gb)
     bucket_mb = getattr(p, "bucket_mb", None)
     return Layout(backend=p.backend, world=world, gpus_per_node=gpus_per_node, precision=p.precision,
                   zero_stage=p.zero_stage, shard_group=shard if shard and shard < world else None,
-                  reshard_after_forward=reshard is not False,
-                  blocks_per_unit=getattr(p, "blocks_per_unit", 1) or 1,
+                  reshard_after_forward=tuple(sorted(reshard.items())),
+                  blocks_per_unit=p.blocks_per_unit,
                   overlap_comm=bool(getattr(p, "overlap_comm", False)),
                   bucket_bytes=bucket_mb * 1e6 if bucket_mb else None,
                   overlap_loss_gather=bool(getattr(p, "overlap_loss_gather", False)))
@@ -80,13 +81,16 @@ def make_plan(cfg: Config, nodes: int, gpus_per_node: int, gpu: str, mfu: float 
                                 gpus=world, peak_flops_per_gpu=peak, mfu=mfu, checkpointing=ck,
                                 text_mask_ratio=m.text_mask_ratio)
                for ck in (False, True)}
-    layout = layout_of(cfg, world, gpus_per_node)
+    layout = layout_of(cfg, world, gpus_per_node, spec.memory_gb)
+    counts = param_counts(size)
+    kept = 0 if p.backend != "fsdp" else sum(counts[f"{t}_block"] * counts[f"{t}_layers"]
+                                             for t in ("image", "text") if not layout.reshards(t))
     memory = {ck: plan_memory(size, mask_ratio=m.mask_ratio, text_length=m.text_length, precision=p.precision,
                               text_mask_ratio=m.text_mask_ratio, backend=p.backend, zero_stage=p.zero_stage, checkpointing=ck, world_size=world,
                               global_batch=t.global_batch_size, capacity_gb=spec.memory_gb,
-                              flash_attention=flash_attention, shard_group=layout.shard_group)
+                              flash_attention=flash_attention, shard_group=layout.shard_group,
+                              kept_gathered_params=kept)
               for ck in (False, True)}
-    counts = param_counts(size)
     # One step's compute at the assumed utilisation, split into the phases communication hides under.
     c = compute[p.activation_checkpointing]
     micro = t.global_batch_size // world
@@ -135,8 +139,9 @@ def make_plan(cfg: Config, nodes: int, gpus_per_node: int, gpu: str, mfu: float 
         "memory": {"no_checkpointing": memory[False].as_dict(), "checkpointing": memory[True].as_dict()},
         "link": {"link_gbps": link_gbps, "nvlink_gbps": nvlink_gbps or spec.nvlink_gbps},
         "layout": {"scheme": layout.scheme, "shard_group": layout.shard_group,
-                   "reshard_after_forward": layout.reshard_after_forward, "blocks_per_unit": layout.blocks_per_unit,
+                   "reshard_after_forward": dict(layout.reshard_after_forward), "blocks_per_unit": layout.blocks_per_unit,
                    "overlap_comm": layout.overlap_comm, "overlap_loss_gather": layout.overlap_loss_gather},
+        "reshard_setting": str(p.reshard_after_forward).lower(),
         "comm": comm.as_dict(), "comm_alternatives": alternatives, "step": step, "loader": loader,
         "checkpoint": {**ckpt.as_dict(), "fs_gbps": fs_gbps, "every_steps": cfg.checkpoint.every_steps},
         "runtime": {**run.as_dict(), "failures_per_node_day": failures_per_node_day, "restart_min": restart_min},
@@ -221,8 +226,9 @@ def format_costs(plan: dict) -> list[str]:
     lay, link = plan["layout"], plan["link"]
     knobs = []
     if lay["scheme"] in ("fsdp", "hsdp"):
-        knobs.append(f"reshard_after_forward {str(lay['reshard_after_forward']).lower()}, "
-                     f"{lay['blocks_per_unit']} text block(s) per unit")
+        r = lay["reshard_after_forward"]
+        knobs.append("reshard after forward: " + ", ".join(f"{t} {'yes' if r[t] else 'no'}" for t in ("image", "text"))
+                     + f" [{plan['reshard_setting']}], {lay['blocks_per_unit']} text block(s) per unit")
     if lay["scheme"] in ("zero1", "zero2"):
         knobs.append(f"overlap_comm {str(lay['overlap_comm']).lower()}")
     lines = [f"communication per step and rank ({_layout_label(plan)}{'; ' + ', '.join(knobs) if knobs else ''}; "

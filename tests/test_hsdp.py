@@ -1,7 +1,7 @@
 """HSDP (parallel.shard_group_size): 4 real gloo processes as 2 copies x 2 shards train the tiny
 recipe as one process does; a flat 2-process FSDP checkpoint resumes in the 2x2 layout; and the
 collectives the 2x2 run really issues (recorded at the c10d dispatcher) are the ones the
-planner prices, byte for byte (issue 12, items 1 and 6)."""
+planner prices: the same calls, and bytes within FSDP2's padding (issue 12, items 1, 2 and 6)."""
 import json
 import os
 
@@ -19,6 +19,7 @@ from dist_jobs import losses, metrics, run_jobs, truncate_run
 
 COMMON = ["train.samples=768", "train.log_every_steps=1", "checkpoint.every_steps=6"]  # 12 steps of 64
 HSDP = ["parallel.backend=fsdp", "parallel.shard_group_size=2"]
+KNOBS = ["parallel.reshard_after_forward=false", "parallel.blocks_per_unit=2"]
 TOL = 2e-3  # issue 12: per-step losses within 2e-3 of the single-process run
 PROBE_BATCH = 16  # per rank
 
@@ -91,13 +92,16 @@ def _worker(rank, world, jobs):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("hsdp")
-    out = {name: root / name for name in ("single", "flat", "hsdp", "resumed")}
+    out = {name: root / name for name in ("single", "flat", "hsdp", "hsdp_knobs", "resumed")}
     run_training(load_recipe(TINY, COMMON + ["parallel.backend=single", f"train.out_dir={out['single']}"]))
     run_jobs([{"recipe": TINY, "overrides": COMMON + ["parallel.backend=fsdp", f"train.out_dir={out['flat']}"]}],
              world=2)
-    out["record"] = root / "collectives.json"
     jobs = [
-        {"recipe": TINY, "overrides": COMMON + HSDP + [f"train.out_dir={out['hsdp']}"], "record": str(out["record"])},
+        {"recipe": TINY, "overrides": COMMON + HSDP + [f"train.out_dir={out['hsdp']}"],
+         "record": str(root / "hsdp.json")},
+        # Both towers keep their gathered parameters for backward; the 2 text blocks are one unit.
+        {"recipe": TINY, "overrides": COMMON + HSDP + KNOBS + [f"train.out_dir={out['hsdp_knobs']}"],
+         "record": str(root / "hsdp_knobs.json")},
         # The flat 2-process run as if killed after its step-6 checkpoint, relaunched as 2x2 HSDP.
         {"recipe": TINY, "overrides": COMMON + HSDP + [f"train.out_dir={out['resumed']}"],
          "truncate": (out["flat"], out["resumed"], 6)},
@@ -108,12 +112,13 @@ def runs(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_hsdp_2x2_matches_the_single_process_run(runs):
-    ref, got = losses(runs["single"]), losses(runs["hsdp"])
+@pytest.mark.parametrize("run", ["hsdp", "hsdp_knobs"])
+def test_hsdp_2x2_matches_the_single_process_run(runs, run):
+    ref, got = losses(runs["single"]), losses(runs[run])
     assert len(got) == len(ref) == 12
     assert max(abs(a - b) for a, b in zip(got, ref)) < TOL, (got, ref)
     assert ref[-1] < ref[0] - 0.05  # the run moved: equal curves prove something
-    assert json.loads((runs["hsdp"] / "summary.json").read_text())["world_size"] == 4
+    assert json.loads((runs[run] / "summary.json").read_text())["world_size"] == 4
 
 
 @pytest.mark.slow
@@ -147,15 +152,18 @@ def _tiny_size():
 
 
 @pytest.mark.slow
-def test_measured_collectives_are_the_planners(runs):
+@pytest.mark.parametrize("run", ["hsdp", "hsdp_knobs"])
+def test_measured_collectives_are_the_planners(runs, run):
     """Every all-gather, reduce-scatter and all-reduce of the 2x2 step, against planning/comm.py
-    for the same layout (4 ranks, 2 per 'node', groups of 2, fp32)."""
+    for the same layout (4 ranks, 2 per 'node', groups of 2, fp32; with reshard_after_forward
+    false and 2 text blocks per unit in the second run)."""
     from flip_scale.planning import comm as C
     from flip_scale.planning.memory import param_counts
 
-    calls = json.loads(runs["record"].read_text())
+    calls = json.loads((runs["single"].parent / f"{run}.json").read_text())
     size = _tiny_size()
-    lay = C.Layout(backend="fsdp", world=4, gpus_per_node=2, precision="fp32", shard_group=2)
+    knobs = {"reshard_after_forward": False, "blocks_per_unit": 2} if run == "hsdp_knobs" else {}
+    lay = C.Layout(backend="fsdp", world=4, gpus_per_node=2, precision="fp32", shard_group=2, **knobs)
     planned = {c.name: c for c in C.collectives(lay, param_counts(size), 4 * PROBE_BATCH, size.embed_dim)}
 
     def measured(phase, op):
@@ -164,14 +172,18 @@ def test_measured_collectives_are_the_planners(runs):
         rows = [max(s) for ph, o, s in calls if ph == phase and o == op]
         return len(rows), 4 * sum(rows)
 
+    # FSDP2 pads each parameter's dim 0 to a multiple of the shard group; the planner does not.
+    # In the tiny root that is the text positions [1, 16, 64], the cls token [1, 1, 96] and the
+    # logit scale []: +1,121 of 532k elements (0.2%); for H/14 on groups of 8 it is < 0.05%.
+    padding = 4 * 1121  # bytes, at most, in one collective kind (once per root gather/reduce)
     fwd = planned["all-gather (forward)"]
-    assert measured("forward", "_allgather_base_") == (fwd.calls, pytest.approx(fwd.total_bytes, rel=1e-3))
+    assert measured("forward", "_allgather_base_") == (fwd.calls, pytest.approx(fwd.total_bytes, abs=padding))
     bwd = planned["all-gather (backward)"]
-    assert measured("backward", "_allgather_base_") == (bwd.calls, pytest.approx(bwd.total_bytes, rel=1e-3))
+    assert measured("backward", "_allgather_base_") == (bwd.calls, pytest.approx(bwd.total_bytes, abs=padding))
     rs = planned["reduce-scatter (gradients)"]
-    assert measured("backward", "_reduce_scatter_base_") == (rs.calls, pytest.approx(rs.total_bytes, rel=1e-3))
+    assert measured("backward", "_reduce_scatter_base_") == (rs.calls, pytest.approx(rs.total_bytes, abs=padding))
     ar = planned["all-reduce (gradient shards, across replicas)"]
-    assert measured("backward", "allreduce_") == (ar.calls, pytest.approx(ar.total_bytes, rel=1e-3))
+    assert measured("backward", "allreduce_") == (ar.calls, pytest.approx(ar.total_bytes, abs=padding))
     # The loss: one all-gather of [global batch, D] fp32 per tower, sent as a list of 4 shards.
     gathers = [s for ph, o, s in calls if ph == "loss" and o == "allgather_"]
     assert len(gathers) == 2

@@ -50,9 +50,13 @@ def test_flat_fsdp_bytes():
     got = bytes_per_rank(backend="fsdp")
     assert got == pytest.approx(want, rel=1e-12)
     assert 8.5e9 < got < 9e9
-    # No reshard after forward: the backward gathers are gone.
+    # No reshard after forward: the blocks' backward gathers are gone (the root's stays: measured).
     assert bytes_per_rank(backend="fsdp", reshard_after_forward=False) == pytest.approx(
-        ring * 6 * N + loss_bytes(W), rel=1e-12)
+        ring * (6 * N + 2 * ROOT_PARAMS) + loss_bytes(W), rel=1e-12)
+    # Per tower: only the text tower kept gathered.
+    text = COUNTS["text_block"] * 24
+    assert bytes_per_rank(backend="fsdp", reshard_after_forward=(("image", True), ("text", False))) == pytest.approx(
+        ring * (8 * N - 2 * text) + loss_bytes(W), rel=1e-12)
     # fp32: 4-byte gathers.
     assert bytes_per_rank(backend="fsdp", precision="fp32") == pytest.approx(
         ring * 12 * N + loss_bytes(W), rel=1e-12)
@@ -204,3 +208,33 @@ def test_cli_prints_every_cost(capsys):
         assert needle in out, needle
     assert main_plan([H14_STUDY, "--nodes", "64", "--gpus-per-node", "8", "--gpu", "h100", "--link-gbps", "0"]) == 2
     assert "--link-gbps" in capsys.readouterr().err
+
+
+def test_reshard_after_forward_auto():
+    """auto keeps a tower gathered when its bf16 block parameters fit beside the planned memory;
+    true / false are taken as given; without a card (CPU) auto reshards."""
+    from flip_scale.planning.memory import plan_memory, resolve_reshard
+
+    cfg = load_plan_config(H14_STUDY, ["parallel.reshard_after_forward=auto"], W)
+    assert resolve_reshard(cfg, W, None) == {"image": True, "text": True}
+    assert resolve_reshard(cfg, W, 80) == {"image": False, "text": False}  # 4 GB planned with checkpointing
+    image, text = (COUNTS[f"{t}_block"] * COUNTS[f"{t}_layers"] * 2 / 1e9 for t in ("image", "text"))
+    size = get_size("vit_h14")
+
+    def planned(capacity):
+        return plan_memory(size, mask_ratio=0.5, text_length=32, precision="bf16", backend="fsdp", zero_stage=None,
+                           checkpointing=True, world_size=W, global_batch=B, capacity_gb=capacity)
+
+    # A card where only the text tower's 0.67 GB fits next to the plan: 0.9 x cap = total + 1 GB.
+    cap = (planned(80).total_gb + text + 0.1) / 0.9
+    assert planned(cap).usable_gb - planned(cap).total_gb < text + image
+    assert resolve_reshard(cfg, W, cap) == {"image": True, "text": False}
+    for value in ("true", "false"):
+        cfg = load_plan_config(H14_STUDY, [f"parallel.reshard_after_forward={value}"], W)
+        assert resolve_reshard(cfg, W, 1000) == {"image": value == "true", "text": value == "true"}
+    # The plan prices what auto decided, and counts the kept parameters in memory.
+    auto = make_plan(load_plan_config(H14_STUDY, ["parallel.reshard_after_forward=auto"], W), 64, 8, "h100")
+    flat = make_plan(load_plan_config(H14_STUDY, [], W), 64, 8, "h100")
+    assert auto["comm"]["bytes_per_rank"] < flat["comm"]["bytes_per_rank"]
+    kept = auto["memory"]["checkpointing"]["working_copies_gb"] - flat["memory"]["checkpointing"]["working_copies_gb"]
+    assert kept == pytest.approx(image + text, rel=1e-9)

@@ -6,7 +6,7 @@ actual runs. Sections sit here together so `--print-config` and validation see o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 
 def doc(default, text: str):
@@ -99,6 +99,11 @@ class ParallelConfig:
                                   "hung peer ends the job")
     shard_group_size: Optional[int] = doc(None, "fsdp: ranks that shard one model copy (HSDP; e.g. 8 = a node); "
                                                 "copies replicate across groups; null = flat FSDP over all ranks")
+    reshard_after_forward: Union[bool, str] = doc(True, "fsdp: free gathered block parameters after forward and "
+                                                        "gather again in backward (true) | keep them (false) | auto: "
+                                                        "keep a tower's if the planner says they fit")
+    blocks_per_unit: int = doc(1, "fsdp: text-tower blocks per FSDP unit (one all-gather each); small blocks "
+                                  "at many ranks are latency-bound")
 
 
 @dataclass

@@ -10,9 +10,9 @@ sends per step.
 What each layout moves (N parameters, p bytes each in the compute dtype: 2 under bf16, 4 in
 fp32; gradients are reduced in fp32, 4 bytes, by every backend here):
   ddp          all-reduce of the fp32 gradients (25 MB buckets, DDP's default)
-  fsdp         per FSDP unit: all-gather in forward; again in backward when the units reshard
-               after forward (the root, embeddings and heads, included: measured); reduce-scatter
-               of the gradients
+  fsdp         per FSDP unit: all-gather in forward; again in backward for the units that
+               reshard after forward (parallel.reshard_after_forward) and for the root
+               (embeddings, heads: measured); reduce-scatter of the gradients
   hsdp         fsdp within a shard group of G ranks, plus an all-reduce of each rank's gradient
                shard (N/G) across the W/G replicas
   zero1/zero2  reduce-scatter of the gradients (in buckets) during backward, all-gather of the
@@ -136,7 +136,7 @@ class Layout:
     precision: str = "bf16"
     zero_stage: int | None = None  # deepspeed only (None = 2, the backend's default)
     shard_group: int | None = None  # fsdp: ranks sharding one copy (HSDP); None = all ranks
-    reshard_after_forward: bool = True
+    reshard_after_forward: bool | tuple = True  # or per tower: (("image", bool), ("text", bool))
     blocks_per_unit: int = 1       # text blocks per FSDP unit
     overlap_comm: bool = False     # deepspeed: reduce under backward
     bucket_bytes: float | None = None  # deepspeed reduce / all-gather bucket; None = DeepSpeed's default
@@ -149,6 +149,11 @@ class Layout:
         if self.backend == "deepspeed":
             return f"zero{self.zero_stage or 2}"
         return "ddp" if self.world > 1 else "single"
+
+    def reshards(self, tower: str) -> bool:
+        if isinstance(self.reshard_after_forward, bool):
+            return self.reshard_after_forward
+        return dict(self.reshard_after_forward)[tower]
 
     @property
     def param_bytes(self) -> int:
@@ -178,22 +183,22 @@ def fsdp_units(counts: dict, blocks_per_unit: int = 1) -> list[tuple[str, int]]:
     return units
 
 
-def _sharded(layout: Layout, counts: dict, group: int, nodes: int, reshard: bool) -> list[Collective]:
+def _sharded(layout: Layout, counts: dict, group: int, nodes: int) -> list[Collective]:
     """FSDP / ZeRO-3 collectives over a shard group."""
     zero3 = layout.backend == "deepspeed"
     units = fsdp_units(counts, 1 if zero3 else layout.blocks_per_unit)
     p, n = layout.param_bytes, sum(u for _, u in units)
     block_units = [u for name, u in units if name != "root"]
-    # Backward gathers every unit again, the root included: ZeRO-3 releases every partitioned
-    # parameter after use, and FSDP2 (torch 2.14) re-gathers our root in backward although it is
-    # wrapped with reshard_after_forward=False (the nested encode_image/encode_text forward
-    # methods reshard it); measured on gloo in tests/test_hsdp.py.
-    regathered = [u for _, u in units]
+    # Backward gathers again every unit that resharded after forward, and always the root:
+    # ZeRO-3 releases every partitioned parameter after use, and FSDP2 (torch 2.14) re-gathers
+    # our root in backward although it is wrapped with reshard_after_forward=False (measured on
+    # gloo, tests/test_hsdp.py, with and without block resharding).
+    tower = {"root": None, "image_block": "image", "text_unit": "text"}
+    regathered = [u for name, u in units if zero3 or name == "root" or layout.reshards(tower[name])]
     out = [Collective("all-gather (forward)", "all_gather", "forward", group, nodes, n * p, len(units),
                       max(units[0][1], max(block_units, default=0)) * p)]
-    if reshard:
-        out.append(Collective("all-gather (backward)", "all_gather", "backward", group, nodes,
-                              sum(regathered) * p, len(regathered), max(regathered, default=0) * p))
+    out.append(Collective("all-gather (backward)", "all_gather", "backward", group, nodes,
+                          sum(regathered) * p, len(regathered), max(regathered, default=0) * p))
     # Backward ends with the root's reduce-scatter: the last one, with no compute after it.
     out.append(Collective("reduce-scatter (gradients)", "reduce_scatter", "backward", group, nodes,
                           n * GRAD_BYTES, len(units), units[0][1] * GRAD_BYTES))
@@ -212,11 +217,11 @@ def collectives(layout: Layout, counts: dict, global_batch: int, embed_dim: int)
         out.append(Collective("all-reduce (gradients)", "all_reduce", "backward", w, all_nodes, n * GRAD_BYTES,
                               math.ceil(n * GRAD_BYTES / bucket), min(bucket, n * GRAD_BYTES)))
     elif scheme in ("fsdp", "zero3"):
-        out += _sharded(layout, counts, w, all_nodes, layout.reshard_after_forward or scheme == "zero3")
+        out += _sharded(layout, counts, w, all_nodes)
     elif scheme == "hsdp":
         g = layout.shard_group
         replicas = w // g
-        out += _sharded(layout, counts, g, layout.nodes_spanned(g), layout.reshard_after_forward)
+        out += _sharded(layout, counts, g, layout.nodes_spanned(g))
         units = fsdp_units(counts, layout.blocks_per_unit)
         # Each unit's gradient shard (N_unit / G) is all-reduced over the replicas after its
         # reduce-scatter (FSDP2's HSDP order), on the replicate dimension of the mesh.
