@@ -42,12 +42,12 @@ def layout_of(cfg: Config, world: int, gpus_per_node: int, capacity_gb: float | 
     shard = p.shard_group_size
     # auto: decided against the card's memory, as the backend does at start-up
     reshard = resolve_reshard(cfg, world, capacity_gb)
-    bucket_mb = getattr(p, "bucket_mb", None)
+    bucket_mb = p.bucket_mb
     return Layout(backend=p.backend, world=world, gpus_per_node=gpus_per_node, precision=p.precision,
                   zero_stage=p.zero_stage, shard_group=shard if shard and shard < world else None,
                   reshard_after_forward=tuple(sorted(reshard.items())),
                   blocks_per_unit=p.blocks_per_unit,
-                  overlap_comm=bool(getattr(p, "overlap_comm", False)),
+                  overlap_comm=p.overlap_comm,
                   bucket_bytes=bucket_mb * 1e6 if bucket_mb else None,
                   overlap_loss_gather=bool(getattr(p, "overlap_loss_gather", False)))
 
@@ -55,14 +55,16 @@ def layout_of(cfg: Config, world: int, gpus_per_node: int, capacity_gb: float | 
 def _alternative_layouts(layout: Layout) -> dict[str, Layout]:
     from dataclasses import replace
 
-    base = replace(layout, shard_group=None, zero_stage=None, overlap_comm=False, bucket_bytes=None)
+    # The recipe's own knobs (reshard, units, overlap_comm, buckets) carry over to the others.
+    base = replace(layout, shard_group=None, zero_stage=None)
     out = {"ddp": replace(base, backend="ddp"), "fsdp (flat)": replace(base, backend="fsdp")}
     if layout.world > layout.gpus_per_node:
         out[f"hsdp, groups of {layout.gpus_per_node} (a node)"] = replace(base, backend="fsdp",
                                                                         shard_group=layout.gpus_per_node)
     for stage in (1, 2, 3):
         out[f"deepspeed zero{stage}"] = replace(base, backend="deepspeed", zero_stage=stage)
-    out["deepspeed zero2 + overlap_comm"] = replace(base, backend="deepspeed", zero_stage=2, overlap_comm=True)
+    out["deepspeed zero2, overlap_comm off, 2 GB buckets"] = replace(base, backend="deepspeed", zero_stage=2,
+                                                                     overlap_comm=False, bucket_bytes=None)
     return out
 
 

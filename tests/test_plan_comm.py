@@ -206,6 +206,8 @@ def test_cli_prints_every_cost(capsys):
                    "loss: text features all-gather", "data loader:", "CPU cores per GPU", "checkpoint:", "files",
                    "Young/Daly interval", "total wall-clock:", "hsdp, groups of 8"):
         assert needle in out, needle
+    assert main_plan([H14_STUDY, "parallel.backend=deepspeed", "--nodes", "64", "--gpus-per-node", "8", "--gpu", "h100"]) == 0
+    assert "overlap_comm true" in capsys.readouterr().out
     assert main_plan([H14_STUDY, "--nodes", "64", "--gpus-per-node", "8", "--gpu", "h100", "--link-gbps", "0"]) == 2
     assert "--link-gbps" in capsys.readouterr().err
 
@@ -238,3 +240,25 @@ def test_reshard_after_forward_auto():
     assert auto["comm"]["bytes_per_rank"] < flat["comm"]["bytes_per_rank"]
     kept = auto["memory"]["checkpointing"]["working_copies_gb"] - flat["memory"]["checkpointing"]["working_copies_gb"]
     assert kept == pytest.approx(image + text, rel=1e-9)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_config_has_the_planners_buckets(stage):
+    """parallel.bucket_mb / overlap_comm reach DeepSpeed's config, and the planner counts the
+    same buckets; gradients are reduced in fp32 in any precision."""
+    from flip_scale.distributed.backends.deepspeed import deepspeed_config
+
+    cfg = load_plan_config(H14_STUDY, ["parallel.backend=deepspeed", f"parallel.zero_stage={stage}",
+                                       "parallel.bucket_mb=100"], W)
+    ds = deepspeed_config(cfg, W)
+    zero = ds["zero_optimization"]
+    assert zero["overlap_comm"] is True and zero["reduce_bucket_size"] == 25_000_000  # 100 MB of fp32
+    assert ds["communication_data_type"] == "fp32"
+    assert zero.get("allgather_bucket_size" if stage == 2 else "stage3_prefetch_bucket_size") == 25_000_000
+    if stage == 2:
+        plan = make_plan(cfg, 64, 8, "h100")
+        rs = next(c for c in plan["comm"]["collectives"] if c["name"] == "reduce-scatter (gradients)")
+        assert rs["calls"] == math.ceil(4 * N / 100e6)
+        off = deepspeed_config(load_plan_config(H14_STUDY, ["parallel.backend=deepspeed", "parallel.overlap_comm=false",
+                                                            "parallel.precision=fp32"], W), W)
+        assert off["zero_optimization"]["overlap_comm"] is False and off["communication_data_type"] == "fp32"

@@ -259,6 +259,8 @@ def validate(cfg: Config, world_size: int | None = None, check_files: bool = Tru
             fail("parallel.shard_group_size", f"{p.shard_group_size} does not divide the world size {world_size}")
     if not isinstance(p.reshard_after_forward, bool) and p.reshard_after_forward != "auto":
         fail("parallel.reshard_after_forward", f"must be true, false or auto, got {p.reshard_after_forward!r}")
+    if p.bucket_mb <= 0:
+        fail("parallel.bucket_mb", f"must be positive, got {p.bucket_mb}")
     if p.blocks_per_unit < 1:
         fail("parallel.blocks_per_unit", f"must be at least 1, got {p.blocks_per_unit}")
     if p.init_timeout_s <= 0 or p.timeout_s <= 0:

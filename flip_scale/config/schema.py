@@ -102,6 +102,9 @@ class ParallelConfig:
     reshard_after_forward: Union[bool, str] = doc(True, "fsdp: free gathered block parameters after forward and "
                                                         "gather again in backward (true) | keep them (false) | auto: "
                                                         "keep a tower's if the planner says they fit")
+    overlap_comm: bool = doc(True, "deepspeed: reduce gradient buckets during backward instead of after it")
+    bucket_mb: float = doc(200.0, "deepspeed: reduce / all-gather bucket size in MB of fp32 gradients "
+                                  "(DeepSpeed's own default is 2000: one bucket, nothing left to overlap)")
     blocks_per_unit: int = doc(1, "fsdp: text-tower blocks per FSDP unit (one all-gather each); small blocks "
                                   "at many ranks are latency-bound")
 

@@ -139,7 +139,7 @@ class Layout:
     reshard_after_forward: bool | tuple = True  # or per tower: (("image", bool), ("text", bool))
     blocks_per_unit: int = 1       # text blocks per FSDP unit
     overlap_comm: bool = False     # deepspeed: reduce under backward
-    bucket_bytes: float | None = None  # deepspeed reduce / all-gather bucket; None = DeepSpeed's default
+    bucket_bytes: float | None = None  # deepspeed bucket of fp32 gradients (parallel.bucket_mb); None = DeepSpeed's default
     overlap_loss_gather: bool = False  # text features' gather runs under the image tower's forward
 
     @property
@@ -232,7 +232,9 @@ def collectives(layout: Layout, counts: dict, global_batch: int, embed_dim: int)
         bucket = layout.bucket_bytes or DEEPSPEED_DEFAULT_BUCKET_ELEMENTS * GRAD_BYTES
         out.append(Collective("reduce-scatter (gradients)", "reduce_scatter", "backward", w, all_nodes,
                               n * GRAD_BYTES, math.ceil(n * GRAD_BYTES / bucket), min(bucket, n * GRAD_BYTES)))
-        ag_bucket = layout.bucket_bytes or DEEPSPEED_DEFAULT_BUCKET_ELEMENTS * layout.param_bytes
+        # The same element count holds the working-dtype weights of the post-step all-gather.
+        ag_bucket = (layout.bucket_bytes / GRAD_BYTES if layout.bucket_bytes else DEEPSPEED_DEFAULT_BUCKET_ELEMENTS) \
+            * layout.param_bytes
         out.append(Collective("all-gather (updated weights)", "all_gather", "step", w, all_nodes,
                               n * layout.param_bytes, math.ceil(n * layout.param_bytes / ag_bucket),
                               min(ag_bucket, n * layout.param_bytes)))
