@@ -15,7 +15,8 @@ fp32; gradients are reduced in fp32, 4 bytes, by every backend here):
                (embeddings, heads: measured); reduce-scatter of the gradients
   hsdp         fsdp within a shard group of G ranks, plus an all-reduce of each rank's gradient
                shard (N/G) across the W/G replicas
-  zero1/zero2  reduce-scatter of the gradients (in buckets) during backward, all-gather of the
+  zero1/zero2  all-reduce of the gradient buckets during backward (DeepSpeed's default
+               use_multi_rank_bucket_allreduce; each rank keeps its partition), all-gather of the
                updated bf16 weights after the optimizer step (DeepSpeed's stage 1/2 optimizer)
   zero3        like fsdp (gather forward and backward, reduce-scatter) over all ranks
   loss         each tower's features [global batch, D] fp32 all-gathered in forward; their
@@ -230,7 +231,11 @@ def collectives(layout: Layout, counts: dict, global_batch: int, embed_dim: int)
                               units[0][1] * GRAD_BYTES / g))
     elif scheme in ("zero1", "zero2"):
         bucket = layout.bucket_bytes or DEEPSPEED_DEFAULT_BUCKET_ELEMENTS * GRAD_BYTES
-        out.append(Collective("reduce-scatter (gradients)", "reduce_scatter", "backward", w, all_nodes,
+        # DeepSpeed's stage 1/2 optimizer all-reduces each gradient bucket and keeps its own
+        # partition (zero_optimization.use_multi_rank_bucket_allreduce, default true): twice the
+        # bytes of a reduce-scatter, but one call per bucket instead of one reduce per rank.
+        # Measured on gloo (bench/bench_comm.py).
+        out.append(Collective("all-reduce (gradient buckets)", "all_reduce", "backward", w, all_nodes,
                               n * GRAD_BYTES, math.ceil(n * GRAD_BYTES / bucket), min(bucket, n * GRAD_BYTES)))
         # The same element count holds the working-dtype weights of the post-step all-gather.
         ag_bucket = (layout.bucket_bytes / GRAD_BYTES if layout.bucket_bytes else DEEPSPEED_DEFAULT_BUCKET_ELEMENTS) \
