@@ -63,7 +63,7 @@ def _alternative_layouts(layout: Layout) -> dict[str, Layout]:
                                                                         shard_group=layout.gpus_per_node)
     for stage in (1, 2, 3):
         out[f"deepspeed zero{stage}"] = replace(base, backend="deepspeed", zero_stage=stage)
-    out["deepspeed zero2, overlap_comm off, 2 GB buckets"] = replace(base, backend="deepspeed", zero_stage=2,
+    out["deepspeed zero2, DeepSpeed defaults"] = replace(base, backend="deepspeed", zero_stage=2,
                                                                      overlap_comm=False, bucket_bytes=None)
     return out
 
