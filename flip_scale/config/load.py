@@ -103,7 +103,12 @@ def _coerce(value: Any, tp, key: str, source: str):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(value, args[0], key, source)
+        for arg in args[:-1]:  # e.g. Union[bool, str]: true | false | auto
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError:
+                pass
+        return _coerce(value, args[-1], key, source)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -258,6 +263,19 @@ def validate(cfg: Config, world_size: int | None = None, check_files: bool = Tru
         fail("parallel.precision", f"must be fp32 or bf16, got {p.precision!r}")
     if p.backend == "single" and world_size is not None and world_size > 1:
         fail("parallel.backend", f"is single but {world_size} processes were launched; use ddp, fsdp or deepspeed")
+    if p.shard_group_size is not None:
+        if p.backend != "fsdp":
+            fail("parallel.shard_group_size", f"is set ({p.shard_group_size}) but parallel.backend is {p.backend!r}, not fsdp")
+        if p.shard_group_size < 1:
+            fail("parallel.shard_group_size", f"must be positive, got {p.shard_group_size}")
+        if world_size is not None and world_size % p.shard_group_size:
+            fail("parallel.shard_group_size", f"{p.shard_group_size} does not divide the world size {world_size}")
+    if not isinstance(p.reshard_after_forward, bool) and p.reshard_after_forward != "auto":
+        fail("parallel.reshard_after_forward", f"must be true, false or auto, got {p.reshard_after_forward!r}")
+    if p.bucket_mb <= 0:
+        fail("parallel.bucket_mb", f"must be positive, got {p.bucket_mb}")
+    if p.blocks_per_unit < 1:
+        fail("parallel.blocks_per_unit", f"must be at least 1, got {p.blocks_per_unit}")
     if p.init_timeout_s <= 0 or p.timeout_s <= 0:
         fail("parallel.timeout_s", f"timeouts must be positive, got {p.init_timeout_s}, {p.timeout_s}")
     if t.max_nonfinite_steps < 1:

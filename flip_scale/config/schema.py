@@ -6,7 +6,7 @@ actual runs. Sections sit here together so `--print-config` and validation see o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 
 def doc(default, text: str):
@@ -104,7 +104,18 @@ class ParallelConfig:
     compile: bool = doc(False, "torch.compile each transformer block")
     precision: str = doc("fp32", "fp32 | bf16 (bf16 autocast / bf16 params with fp32 reduction)")
     init_timeout_s: float = doc(1800.0, "collective timeout while starting (first steps include compile and loading)")
-    timeout_s: float = doc(600.0, "collective timeout after the first steps: a dead or hung peer ends the job")
+    timeout_s: float = doc(300.0, "collective timeout after the first steps, on every process group: a dead or "
+                                  "hung peer ends the job")
+    shard_group_size: Optional[int] = doc(None, "fsdp: ranks that shard one model copy (HSDP; e.g. 8 = a node); "
+                                                "copies replicate across groups; null = flat FSDP over all ranks")
+    reshard_after_forward: Union[bool, str] = doc(True, "fsdp: free gathered block parameters after forward and "
+                                                        "gather again in backward (true) | keep them (false) | auto: "
+                                                        "keep a tower's if the planner says they fit")
+    overlap_comm: bool = doc(True, "deepspeed: reduce gradient buckets during backward instead of after it")
+    bucket_mb: float = doc(200.0, "deepspeed: reduce / all-gather bucket size in MB of fp32 gradients "
+                                  "(DeepSpeed's own default is 2000: one bucket, nothing left to overlap)")
+    blocks_per_unit: int = doc(1, "fsdp: text-tower blocks per FSDP unit (one all-gather each); small blocks "
+                                  "at many ranks are latency-bound")
 
 
 @dataclass

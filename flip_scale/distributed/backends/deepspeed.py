@@ -30,6 +30,7 @@ from .base import Backend
 from .bf16_inputs import cast_block_inputs, cast_image_input
 from .process_group import ensure_process_group
 
+COMM_BYTES = 4  # gradients are reduced in fp32 (communication_data_type), in bf16 and fp32 runs alike
 TAG = "deepspeed"  # checkpoint sub-folder: ckpt_dir/deepspeed/{mp_rank_00_model_states.pt, ...}
 _WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.", "module.")
 
@@ -55,7 +56,20 @@ def deepspeed_config(cfg, world_size: int) -> dict:
     """Our recipe -> DeepSpeed's JSON config."""
     t, p = cfg.train, cfg.parallel
     bf16 = p.precision == "bf16"
-    zero = {"stage": p.zero_stage or 2}
+    stage = p.zero_stage or 2
+    # Buckets are counted in elements; gradients travel in fp32 (communication_data_type below).
+    bucket = int(p.bucket_mb * 1e6 / COMM_BYTES)
+    zero = {"stage": stage,
+            # Reduce each bucket as soon as backward fills it, on a side stream, so the reduction
+            # runs under the rest of backward (off, the reduces run synchronously in backward).
+            "overlap_comm": p.overlap_comm,
+            "contiguous_gradients": True,
+            "reduce_scatter": True,  # reduce-scatter, not all-reduce: each rank keeps its partition
+            "reduce_bucket_size": bucket}
+    if stage == 3:
+        zero["stage3_prefetch_bucket_size"] = bucket
+    else:
+        zero["allgather_bucket_size"] = bucket  # the post-step all-gather of updated weights
     return {
         "train_batch_size": t.global_batch_size,
         "train_micro_batch_size_per_gpu": t.global_batch_size // world_size,
@@ -66,7 +80,7 @@ def deepspeed_config(cfg, world_size: int) -> dict:
         "bf16": {"enabled": bf16},
         # Reduce gradients in fp32, as FSDP's MixedPrecisionPolicy(reduce_dtype=fp32) does: the
         # contrastive gradient is averaged over many ranks and bf16 sums lose small terms.
-        "communication_data_type": "fp32" if bf16 else None,
+        "communication_data_type": "fp32",
         # Our AdamW is not on DeepSpeed's tested list; ZeRO only partitions its state.
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**31 - 1,  # the trainer logs; keep DeepSpeed quiet

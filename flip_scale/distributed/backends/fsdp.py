@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ...planning.memory import resolve_reshard
 from .base import Backend
 from .bf16_inputs import cast_image_input
 from .process_group import ensure_process_group
@@ -36,8 +37,35 @@ def _strip_wrappers(name: str) -> str:
     return name
 
 
-def apply_fsdp(model: nn.Module, mesh, precision: str) -> None:
+def build_mesh(device_type: str, world: int, shard_group_size: int | None):
+    """Flat FSDP: a 1-D mesh over all ranks. HSDP (parallel.shard_group_size = G < world): a 2-D
+    mesh (replicate, shard) of world/G copies x G ranks; consecutive ranks (one node when G is
+    the node's GPU count) shard a copy, so the parameter gathers and gradient reduce-scatters stay
+    inside a node, and only each rank's gradient shard is all-reduced across the copies.
+    fully_shard on a 2-D mesh is FSDP2's HSDP; DCP checkpoints save each shard once and load into
+    either layout."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if shard_group_size is None or shard_group_size >= world:
+        return init_device_mesh(device_type, (world,))
+    if world % shard_group_size:
+        raise ValueError(f"parallel.shard_group_size {shard_group_size} does not divide the world size {world}")
+    return init_device_mesh(device_type, (world // shard_group_size, shard_group_size),
+                            mesh_dim_names=("replicate", "shard"))
+
+
+def text_units(blocks, blocks_per_unit: int) -> list:
+    """The text tower's blocks in FSDP units of blocks_per_unit consecutive blocks (one
+    all-gather / reduce-scatter each): a 1024-wide text block is ~12M parameters, a few tens of
+    KB per rank at hundreds of ranks, where each collective's fixed latency dominates."""
+    blocks = list(blocks)
+    return [blocks[i:i + blocks_per_unit] for i in range(0, len(blocks), blocks_per_unit)]
+
+
+def apply_fsdp(model: nn.Module, mesh, precision: str, reshard: dict | None = None, blocks_per_unit: int = 1) -> None:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    reshard = reshard or {"image": True, "text": True}
 
     bf16 = precision == "bf16"
     block_mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32)
@@ -46,10 +74,14 @@ def apply_fsdp(model: nn.Module, mesh, precision: str) -> None:
     # The blocks still cast their own inputs, so everything inside them runs in bf16.
     root_mp = MixedPrecisionPolicy(param_dtype=block_mp.param_dtype, reduce_dtype=torch.float32,
                                    cast_forward_inputs=False)
-    for blocks in (model.visual.blocks, model.text.blocks):
-        for block in blocks:
-            # reshard_after_forward=True: gather again in backward (ZeRO-3 memory behaviour).
-            fully_shard(block, mesh=mesh, mp_policy=block_mp, reshard_after_forward=True)
+    # reshard_after_forward=True: gather again in backward (ZeRO-3 memory behaviour); False keeps
+    # the tower's gathered parameters from forward to backward (one all-gather fewer per unit).
+    for block in model.visual.blocks:
+        fully_shard(block, mesh=mesh, mp_policy=block_mp, reshard_after_forward=reshard["image"])
+    for unit in text_units(model.text.blocks, blocks_per_unit):
+        # A list is one FSDP unit (one parameter group); names and state dicts are unchanged.
+        fully_shard(unit if len(unit) > 1 else unit[0], mesh=mesh, mp_policy=block_mp,
+                    reshard_after_forward=reshard["text"])
     # The root holds embeddings, norms, projections and the logit scale; it stays gathered
     # after forward since backward needs it first anyway.
     fully_shard(model, mesh=mesh, mp_policy=root_mp, reshard_after_forward=False)
@@ -61,13 +93,15 @@ class FSDPBackend(Backend):
     name = "fsdp"
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import register_fsdp_forward_method
 
         ensure_process_group(self.device)
         model.to(self.device)
-        mesh = init_device_mesh(self.device.type, (dist.get_world_size(),))
-        apply_fsdp(model, mesh, self.cfg.parallel.precision)
+        mesh = build_mesh(self.device.type, dist.get_world_size(), self.cfg.parallel.shard_group_size)
+        capacity = (torch.cuda.get_device_properties(self.device).total_memory / 1e9
+                    if self.device.type == "cuda" else None)
+        self.reshard = resolve_reshard(self.cfg, dist.get_world_size(), capacity)  # per tower
+        apply_fsdp(model, mesh, self.cfg.parallel.precision, self.reshard, self.cfg.parallel.blocks_per_unit)
         # Evaluation calls these instead of forward; registering them makes FSDP gather the
         # parameters around them as it does around forward.
         for method in ("encode_image", "encode_text"):
