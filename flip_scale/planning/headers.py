@@ -44,7 +44,7 @@ def time_line(path: Path, old: str) -> str:
 
 def run_recipes(root: Path) -> list[Path]:
     out = []
-    for path in sorted(root.glob("*/*.yaml")):
+    for path in sorted(root.rglob("*.yaml")):
         text = path.read_text()
         if HARDWARE.search(text) and TIME.search(text):
             out.append(path)
