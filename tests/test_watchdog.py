@@ -45,8 +45,11 @@ def test_a_rank_stuck_outside_a_collective_dumps_stacks_and_exits_with_the_hang_
     dump = (tmp_path / "hangs" / "rank3.txt").read_text()
     assert "rank 3 on nodeA" in dump and "last completed step 2" in dump and "'training step'" in dump
     assert "stuck_in_filesystem_call" in dump and "loader_worker" in dump
-    # The main thread's stack is there, innermost frame first.
-    assert "Current thread" in dump or "Thread 0x" in dump
+    # The header names the main thread; its block starts with the innermost frame, the stuck call.
+    import re
+    main = re.search(r"main\s*# thread, (Thread 0x[0-9a-f]+)", dump).group(1)
+    block = dump.split(main + " (most recent call first):\n")[1]
+    assert "in stuck_in_filesystem_call" in block.splitlines()[0], block
     lines = [line for line in r.stderr.splitlines() if "hang:" in line]
     assert len(lines) == 1 and lines[0].startswith("[rank 3 nodeA] ERROR hang:"), r.stderr
     assert str(tmp_path / "hangs" / "rank3.txt") in lines[0]

@@ -136,8 +136,10 @@ class Watchdog:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "w") as f:
                 f.write(f"# {datetime.datetime.now().isoformat(timespec='seconds')} {head}\n")
-                f.write("# Python stacks of every thread, most recent call first; the main thread's\n"
-                        "# innermost frames show where the rank was stuck.\n\n")
+                main = threading.main_thread().ident or 0
+                f.write(f"# Python stacks of every thread, most recent call first. The training loop is the main\n"
+                        f"# thread, Thread 0x{main:016x}: its first lines show where the rank was stuck.\n"
+                        f"# 'Current thread' is this watchdog.\n\n")
                 f.flush()
                 faulthandler.dump_traceback(file=f, all_threads=True)
             where = str(path)
