@@ -104,10 +104,13 @@ FLIP_RESTARTS_LOG="$FLIP_RUN_DIR/restarts.log"
 # NCCL's flight recorder: the last collectives of every rank, dumped when a collective times out
 # (hangs/nccl_trace_rank_<N>; read with `python -m torch.distributed.flight_recorder.fr_trace`).
 # Async error handling: a failed or timed-out collective ends the process instead of hanging it.
+# TORCH_FR_* are the current names; older torch reads TORCH_NCCL_TRACE_BUFFER_SIZE instead (set it
+# there yourself: recent torch prints a deprecation warning per rank when it is set).
 export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}
-export TORCH_NCCL_TRACE_BUFFER_SIZE=${TORCH_NCCL_TRACE_BUFFER_SIZE:-20000}
+export TORCH_FR_BUFFER_SIZE=${TORCH_FR_BUFFER_SIZE:-20000}
 export TORCH_NCCL_DUMP_ON_TIMEOUT=${TORCH_NCCL_DUMP_ON_TIMEOUT:-1}
-export TORCH_NCCL_DEBUG_INFO_TEMP_FILE=${TORCH_NCCL_DEBUG_INFO_TEMP_FILE:-$FLIP_RUN_DIR/hangs/nccl_trace_rank_}
+export TORCH_FR_DUMP_TEMP_FILE=${TORCH_FR_DUMP_TEMP_FILE:-$FLIP_RUN_DIR/hangs/nccl_trace_rank_}
+export TORCH_NCCL_DEBUG_INFO_TEMP_FILE=${TORCH_NCCL_DEBUG_INFO_TEMP_FILE:-$TORCH_FR_DUMP_TEMP_FILE}
 
 # --- rendezvous: every task derives the same pair from the Slurm variables ----------------------
 MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)

@@ -95,8 +95,8 @@ def test_common_sh_exit_codes_match_the_trainer_and_nccl_diagnostics_are_on():
     assert re.search(rf"^PREEMPTED_EXIT_CODE={PREEMPTED_EXIT_CODE}\b", text, re.M)
     assert re.search(rf"^HANG_EXIT_CODE={HANG_EXIT_CODE}\b", text, re.M)
     assert re.search(r"^CONFIG_EXIT_CODE=2\b", text, re.M)
-    for var in ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "TORCH_NCCL_TRACE_BUFFER_SIZE", "TORCH_NCCL_DUMP_ON_TIMEOUT",
-                "TORCH_NCCL_DEBUG_INFO_TEMP_FILE"):
+    for var in ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "TORCH_FR_BUFFER_SIZE", "TORCH_NCCL_DUMP_ON_TIMEOUT",
+                "TORCH_FR_DUMP_TEMP_FILE", "TORCH_NCCL_DEBUG_INFO_TEMP_FILE"):
         assert re.search(rf"^export {var}=\$\{{{var}:-", text, re.M), var  # set unless the user set it
     assert "$FLIP_RUN_DIR/hangs/nccl_trace_rank_" in text
     assert re.search(r"^FLIP_MAX_RESTARTS=\$\{FLIP_MAX_RESTARTS:-5\}", text, re.M)
