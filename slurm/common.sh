@@ -145,12 +145,13 @@ flip_forward() {
 trap 'flip_forward USR1' USR1
 trap 'flip_forward TERM' TERM
 
-# srun's own report of each task's end ("srun: error: NODE: task N: Exited with exit code X") is
-# kept per attempt, so a failure can be attributed to a node; everything still goes to the log.
+# srun's own report of each task's end ("srun: error: NODE: task N: Exited with exit code X") and
+# flip-scale's error lines are kept per attempt, so a failure can be attributed to a node and a
+# bad recipe to its message; everything still goes to the log.
 FLIP_STEP_REPORT="$FLIP_RUN_DIR/hangs/.srun-report-$SLURM_JOB_ID"
 : > "$FLIP_STEP_REPORT"
 exec {FLIP_ERR_FD}> >(awk -v F="$FLIP_STEP_REPORT" \
-    '{ print > "/dev/stderr"; fflush("/dev/stderr") } /^srun: / { print >> F; fflush(F) }')
+    '{ print > "/dev/stderr"; fflush("/dev/stderr") } /^(srun: |flip-scale: error)/ { print >> F; fflush(F) }')
 FLIP_ERR_PID=$!
 srun "${SRUN_ARGS[@]}" "$FLIP_PYTHON" "${FLIP_ARGS[@]}" 2>&"$FLIP_ERR_FD" &
 FLIP_SRUN_PID=$!
@@ -206,9 +207,15 @@ FLIP_FIRST=$(awk '/Terminating StepId|_step_signal/ {exit} /^srun: error: [^ ]+:
 FLIP_CAUSE=$(grep -E '^srun: error: [^ ]+: tasks? ' "$FLIP_STEP_REPORT" |
              sed -E 's/^srun: error: //' | paste -sd ';' - | sed 's/;/; /g')
 FLIP_CAUSE=${FLIP_CAUSE:-"no task report from srun (the step itself failed)"}
+FLIP_SAID_WHY=$(grep -c '^flip-scale: error' "$FLIP_STEP_REPORT" || true)
 rm -f "$FLIP_STEP_REPORT"
 
 if [ "$FLIP_RC" -eq "$CONFIG_EXIT_CODE" ] || grep -q "Exited with exit code $CONFIG_EXIT_CODE\$" <<< "$FLIP_FIRST"; then
+    if [ "$FLIP_SAID_WHY" -eq 0 ]; then
+        # Only rank 0 prints the error; a faster rank's exit 2 can get it killed first. Say it here.
+        flip_log "a task exited $CONFIG_EXIT_CODE before rank 0 said why; checking the recipe here:"
+        "$FLIP_PYTHON" "${FLIP_ARGS[@]}" --print-config > /dev/null
+    fi
     flip_log "configuration or input error (a task exited $CONFIG_EXIT_CODE; the message is above): not requeueing"
     exit "$CONFIG_EXIT_CODE"
 fi

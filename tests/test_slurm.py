@@ -344,10 +344,12 @@ def test_a_bad_recipe_key_exits_2_once_and_is_not_requeued(cluster, tmp_path):
     info = cluster.wait_job(job, timeout_s=180)
     log = job_log(run, job)
     assert info["JobState"] == "FAILED" and info["ExitCode"] == "2:0" and info["Restarts"] == "0", (info, log[-3000:])
-    assert log.count("train.no_such_key") >= 1 and log.count("not requeueing") == 1, log[-3000:]
-    # srun may report 143 for the step (the other rank stopped by --kill-on-bad-exit): the first
-    # task's own status 2 decides.
-    assert "task 0: Exited with exit code 2" in log and "requeueing job" not in log
+    # One line names the key: rank 0's, or the batch shell's when rank 1 exited first and srun
+    # stopped rank 0 before it printed (--kill-on-bad-exit).
+    assert log.count("flip-scale: error: command line (train.no_such_key=1): unknown key 'train.no_such_key'") == 1, log
+    assert log.count("not requeueing") == 1, log[-3000:]
+    # srun may report 143 for the step (the other rank stopped): the first task's own status 2 decides.
+    assert "Exited with exit code 2" in log and "requeueing job" not in log
     assert not (run / "restarts.log").exists()
 
 
@@ -401,3 +403,20 @@ def test_the_node_of_a_crashed_task_is_excluded_from_the_requeued_job(cluster, t
     assert info["JobState"] == "COMPLETED" and info["NodeList"] == good, (info, log)
     assert f"{bad}: task 0: Killed); excluding {bad}; requeueing" in log
     assert f"requeued job excludes node(s) {bad}" in log and f"fake trainer done on {good}" in log
+
+
+def test_a_silent_exit_2_gets_the_recipe_error_from_the_batch_shell(cluster, tmp_path):
+    """Only rank 0 prints a recipe error; when another rank's exit 2 gets rank 0 killed first the
+    job log would not say why: the shell then checks the recipe itself and prints the one line."""
+    run = tmp_path / "silent"
+    fake = fake_trainer(tmp_path, f'case " $* " in *" --print-config "*) exec {sys.executable} "$@" ;; esac\n'
+                                  'exit 2  # a rank that found the error and says nothing\n')
+    env = {"FLIP_RECIPE": "recipes/test/tiny.yaml", "FLIP_OUT": str(run), "FLIP_PYTHON": str(fake),
+           "FLIP_OVERRIDES": "train.no_such_key=1"}
+    job = cluster.sbatch(["--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=1", "--gpus-per-node=0", "--time=5",
+                          f"--output={tmp_path}/silent-slurm-%j.out", TEMPLATE], env_extra=env, cwd=ROOT)
+    info = cluster.wait_job(job, timeout_s=120)
+    log = job_log(run, job)
+    assert info["JobState"] == "FAILED" and info["ExitCode"] == "2:0" and info["Restarts"] == "0", (info, log)
+    assert "a task exited 2 before rank 0 said why; checking the recipe here:" in log
+    assert log.count("unknown key 'train.no_such_key'") == 1 and log.count("not requeueing") == 1, log
