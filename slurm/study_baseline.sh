@@ -30,7 +30,7 @@
 # export NCCL_NET_GDR_LEVEL=PHB          # GPUDirect RDMA distance
 # export NCCL_DEBUG=INFO                 # log transport choices when a run hangs at start-up
 # export FI_PROVIDER=efa FI_EFA_USE_DEVICE_RDMA=1   # AWS EFA (with the aws-ofi-nccl plugin)
-# export TORCH_NCCL_ASYNC_ERROR_HANDLING=1          # a dead peer fails the step instead of hanging
+# (slurm/common.sh turns on NCCL async error handling and the flight recorder: TORCH_NCCL_*)
 
 : "${FLIP_RECIPE:=recipes/studies/l16_laion400m_12.8b.yaml}"
 # sbatch runs a copy of this file, so common.sh is found through FLIP_HOME (default: submit dir).

@@ -235,6 +235,15 @@ def validate(cfg: Config, world_size: int | None = None, check_files: bool = Tru
         fail("train.log_every_steps", f"must be >= 1, got {t.log_every_steps}")
     if t.device not in ("auto", "cpu", "cuda"):
         fail("train.device", f"must be auto, cpu or cuda, got {t.device!r}")
+    for key in ("hang_timeout_s", "hang_phase_timeout_s", "straggler_threshold"):
+        if getattr(t, key) < 0:
+            fail(f"train.{key}", f"must be >= 0, got {getattr(t, key)}")
+    if t.gc_every_steps < 0:
+        fail("train.gc_every_steps", f"must be >= 0 (0 = automatic GC), got {t.gc_every_steps}")
+    if t.straggler_patience < 1:
+        fail("train.straggler_patience", f"must be >= 1, got {t.straggler_patience}")
+    if d.loader_timeout_s < 0:
+        fail("data.loader_timeout_s", f"must be >= 0 (0 = wait forever), got {d.loader_timeout_s}")
     if check_files and t.init_from is not None and not os.path.exists(t.init_from):
         fail("train.init_from", f"{t.init_from} does not exist")
     if c.every_steps < 0:

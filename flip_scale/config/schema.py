@@ -54,6 +54,8 @@ class DataConfig:
     drop_last: bool = doc(True, "with finite epochs, drop each stream's final partial batch")
     prefetch_factor: int = doc(2, "batches prefetched per loader worker")
     pin_memory: bool = doc(False, "pin host batches for faster copies to the GPU (turn on for GPU runs)")
+    loader_timeout_s: float = doc(600.0, "seconds a rank waits for one batch from its loader workers before failing "
+                                         "(0 = forever; only with workers > 0)")
     synthetic_samples: Optional[int] = doc(None, "synthetic data: distinct samples before repeating (null = endless)")
 
 
@@ -80,6 +82,14 @@ class TrainConfig:
                                                 "null = the whole local batch in one pass")
     log_every_steps: int = doc(10, "steps between metric reductions/logs (and stop/interval agreement)")
     device: str = doc("auto", "auto | cpu | cuda")
+    hang_timeout_s: float = doc(600.0, "a rank with no completed step for this long dumps all stacks to RUN/hangs/rank<N>.txt "
+                                       "and exits 76 so the job requeues (0 = no watchdog)")
+    hang_phase_timeout_s: float = doc(1800.0, "the same watchdog's budget for the first step, evaluation and "
+                                              "checkpoint save/load")
+    gc_every_steps: int = doc(50, "automatic Python GC off in the loop; every rank collects at every Nth step "
+                                  "(0 = Python's automatic GC)")
+    straggler_threshold: float = doc(0.2, "straggler warning: a rank's own step time over the median by more than this fraction")
+    straggler_patience: int = doc(3, "straggler warning after this many slow log steps in a row (one line naming the host)")
 
 
 @dataclass
