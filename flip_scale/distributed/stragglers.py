@@ -50,8 +50,11 @@ class StragglerMonitor:
             table = torch.stack(parts).cpu().tolist()
         else:
             table = [mine.cpu().tolist()]
-        times = [t for t, _ in table]
-        waits = [w for _, w in table]
+        return self.assess([t for t, _ in table], [w for _, w in table], step)
+
+    def assess(self, times: list[float], waits: list[float], step: int | None = None) -> dict:
+        """The same report from per-rank values already gathered (the trainer's metrics all-gather
+        carries them, so a log step needs no collective of its own). Not collective."""
         median = statistics.median(times)
         slowest = max(range(len(times)), key=lambda r: times[r])
         out = {"straggler/slowest_rank": slowest, "straggler/slowest_host": self.hosts[slowest],

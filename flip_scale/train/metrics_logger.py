@@ -10,7 +10,6 @@ any rank, a wall-clock checkpoint due on any rank.
 """
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -47,12 +46,13 @@ def _fmt_time(seconds: float) -> str:
 class MetricsLogger:
     def __init__(self, writer, device: torch.device, world_size: int, global_batch: int, total_steps: int,
                  total_samples: int, max_nonfinite_steps: int, log_every_steps: int, say=print,
-                 extra_fields=None, mfu_per_sample_per_s: float | None = None):
+                 extra_fields=None, mfu_per_sample_per_s: float | None = None, stragglers=None):
         self.writer, self.device, self.world = writer, device, world_size
         self.G, self.total_steps, self.total_samples = global_batch, total_steps, total_samples
         self.max_nonfinite, self.log_every, self.say = max_nonfinite_steps, log_every_steps, say
         self.extra_fields = extra_fields or (lambda: {})  # fields read on log steps only (counters)
         self.mfu_per_sps = mfu_per_sample_per_s  # model FLOPs per sample / peak FLOP/s of all devices
+        self.stragglers = stragglers  # distributed.stragglers.StragglerMonitor, fed from the gathered rows
         z = lambda: torch.zeros((), device=device)  # noqa: E731
         self.loss_sum, self.count, self.skipped_total = z(), z(), z()
         self.run_len, self.run_start = z(), z()
@@ -90,6 +90,10 @@ class MetricsLogger:
     def sync(self, stop_requested: bool, checkpoint_time_due: bool) -> Agreed:
         """The sync step's one collective. Raises NonFiniteLoss when a run of skipped steps
         reached max_nonfinite_steps (before anything is saved: `latest` stays good)."""
+        if self.device.type == "cuda":
+            # This rank's own work of the window is done before it is timed: the slowest rank
+            # arrives last (straggler report); the gather below syncs with the host anyway.
+            torch.cuda.synchronize(self.device)
         self.window_end = time.time()  # evaluation and saving stay out of the throughput window
         elapsed = max(self.window_end - self.window_start, 1e-9)
         local = torch.stack([self.loss_sum, self.count, self.skipped_total, self.tripped_at,
@@ -128,7 +132,6 @@ class MetricsLogger:
         self.first_logged_loss = mean_loss if self.first_logged_loss is None else self.first_logged_loss
         sps = count * self.G / max(float(rows[:, 7].max()), 1e-9)
         data_wait = rows[:, 6] / rows[:, 7].clamp(min=1e-9)
-        slowest = int(rows[:, 7].argmax())
         record = {
             "step": step, "samples_seen": samples_seen, "loss": mean_loss, "lr": lr,
             "logit_scale": logit_scale(), "grad_norm": float(self.grad_norm), "samples_per_sec": sps,
@@ -137,13 +140,13 @@ class MetricsLogger:
             "data_wait_frac": min(float(data_wait.max()), 1.0),
             "data_wait_frac_rank0": min(float(data_wait[0]), 1.0),
             "data_wait_p99_s": float(rows[:, 8].max()),  # the worst rank's p99 wait for one batch
-            "window_s_slowest_rank": float(rows[slowest, 7]), "slowest_rank": slowest,
-            "window_s_median": statistics.median(rows[:, 7].tolist()),
             "skipped/nonfinite_loss_steps": self.nonfinite_steps,
             **self.extra_fields(), **fields,
         }
         if self.mfu_per_sps:
             record["mfu"] = self.mfu_per_sps * sps
+        if self.stragglers is not None:
+            record.update(self.stragglers.assess(rows[:, 7].tolist(), rows[:, 6].tolist(), step))
         self.writer.log(record)
         done = step - self.start_step
         eta = (time.time() - self.start_wall) / max(done, 1) * (self.total_steps - step)

@@ -30,7 +30,9 @@ from ..data.loader import build_train_loader
 from ..data.tokenizer import load_tokenizer
 from ..distributed.backends import get_backend_class
 from ..distributed.env import DistEnv, cleanup, detect_env, init_distributed, select_device
+from ..distributed.stragglers import StragglerMonitor
 from ..fileio import write_text_atomic
+from ..logs import close_rank_logging, setup_rank_logging
 from ..metrics import MetricsWriter, device_peak_flops, max_memory_gb, read_jsonl
 from ..models import train_flops_per_sample
 from ..run_dir import RunDir
@@ -39,7 +41,9 @@ from .metrics_logger import MetricsLogger, NonFiniteLoss
 from .optim import lr_at
 from .preemption import PREEMPTED_EXIT_CODE, STOP_SIGNALS, Preempted, StopFlag
 from .state import TrainState
+from .gc_control import GcControl
 from .step import TrainStep, nan_steps_from_env
+from .watchdog import Watchdog
 
 __all__ = ["Trainer", "run_training", "NonFiniteLoss", "ResumeMismatch"]
 
@@ -48,21 +52,29 @@ WARM_STEPS = 2
 
 
 class Trainer:
-    def __init__(self, cfg: Config, denv: DistEnv | None = None, log=None):
+    def __init__(self, cfg: Config, denv: DistEnv | None = None, log=None, rank_filtered_log: bool = False):
+        """log: where progress lines go (default: stderr, rank 0 only). rank_filtered_log: `log`
+        is a rank-aware logger (flip_scale.logs): every rank calls it, its handlers decide."""
         self.cfg = cfg
         self.denv = denv or detect_env()
         validate(cfg, self.denv.world_size)
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.rank_filtered_log = rank_filtered_log
         self.run_dir = RunDir(cfg.train.out_dir)
+        self.watchdog = None
 
     def _say(self, msg: str) -> None:
-        if self.denv.is_main:
+        if self.denv.is_main or self.rank_filtered_log:
             self.log(msg)
 
     # -- set-up -----------------------------------------------------------------------------
     def setup(self) -> None:
         cfg, denv = self.cfg, self.denv
         self.device = select_device(cfg.train.device, denv)
+        # From here on a rank that stops making progress (a hung mount, a stuck worker, a peer
+        # that never arrives) dumps its stacks and exits HANG_EXIT_CODE for the job to requeue.
+        self.watchdog = Watchdog(self.run_dir.root, denv.rank, cfg.train.hang_timeout_s,
+                                 first_step_s=cfg.train.hang_phase_timeout_s).start()
         init_distributed(denv, self.device, timeout_s=cfg.parallel.init_timeout_s)
         if self.device.type == "cuda":
             # TF32 matmuls on Ampere+ (FLIP trained in fp32 on TPUs; TF32 keeps fp32 range).
@@ -108,7 +120,10 @@ class Trainer:
         self.logger = MetricsLogger(self.writer, self.device, denv.world_size, cfg.train.global_batch_size,
                                     cfg.total_steps, cfg.train.samples, cfg.train.max_nonfinite_steps,
                                     cfg.train.log_every_steps, say=self._say, extra_fields=self._log_fields,
-                                    mfu_per_sample_per_s=flops / (peak * denv.world_size) if peak else None)
+                                    mfu_per_sample_per_s=flops / (peak * denv.world_size) if peak else None,
+                                    stragglers=StragglerMonitor(cfg.train.straggler_threshold,
+                                                                cfg.train.straggler_patience, device=self.device,
+                                                                log=self._say))
         self.evals: dict = {}
 
     def _truncate_metrics(self, step: int) -> None:
@@ -131,6 +146,10 @@ class Trainer:
         total_steps = cfg.total_steps
         self.backend.module.train()
         stop_flag = StopFlag().install()
+        # Automatic GC off in the loop, a collection every gc_every_steps on every rank at once:
+        # otherwise each rank pauses at its own moments and the slowest pause gates every step.
+        gc_control = GcControl(cfg.train.gc_every_steps).start()
+        phase_s = cfg.train.hang_phase_timeout_s
         state.start_segment()
         self.logger.start(state.step)
         it = iter(self.loader)
@@ -145,24 +164,30 @@ class Trainer:
                 loss, grad_norm = self.train_step(batch, state.step, lr)
                 state.advance(G)
                 self.logger.accumulate(state.step, loss, grad_norm)
+                gc_control.step(state.step)
                 self._maybe_warm_timeouts()
                 last = state.step == total_steps
                 eval_due = self._eval_due(last)
                 if not (last or eval_due or state.step % cfg.train.log_every_steps == 0
                         or self.checkpointer.step_due(state.step)):
+                    self.watchdog.beat(state.step)
                     continue
                 agreed = self.logger.sync(stop_flag.requested, self.checkpointer.time_due())
-                eval_fields = self.evaluate() if eval_due else {}
+                with self.watchdog.phase("evaluation", phase_s):
+                    eval_fields = self.evaluate() if eval_due else {}
                 self.logger.maybe_log(state.step, state.samples_seen, lr, self.backend.logit_scale,
                                       force=last or bool(eval_fields), fields=eval_fields)
-                self.checkpointer.maybe_save(state.step, force=last or agreed.stop,
-                                             time_due=agreed.checkpoint_time_due)
+                with self.watchdog.phase("checkpoint save", phase_s):
+                    self.checkpointer.maybe_save(state.step, force=last or agreed.stop,
+                                                 time_due=agreed.checkpoint_time_due)
+                self.watchdog.beat(state.step)
                 if agreed.stop and not last:
                     self.checkpointer.finalize()
                     self._say(f"stop requested (signal {stop_flag.signum or 'on another rank'}): checkpoint at "
                               f"step {state.step} written; exiting to be requeued")
                     raise Preempted(state.step)
-            self.checkpointer.finalize()
+            with self.watchdog.phase("checkpoint write", phase_s):
+                self.checkpointer.finalize()
         except NonFiniteLoss as e:
             # Diverged, not a bad batch: stop WITHOUT saving, so `latest` keeps naming the last
             # checkpoint written before the trouble began (an asynchronous one is finished first).
@@ -185,8 +210,11 @@ class Trainer:
             raise
         finally:
             stop_flag.uninstall()
+            gc_control.stop()
             self.writer.close()
-        return self._write_summary()
+        summary = self._write_summary()
+        self.watchdog.stop()
+        return summary
 
     def _eval_due(self, last: bool) -> bool:
         e = self.cfg.eval
@@ -243,11 +271,17 @@ class Trainer:
 
 def _looks_like_collective_failure(e: Exception) -> bool:
     text = str(e).lower()
+    if "dataloader" in text:  # a loader timeout is the data's problem, not a peer's
+        return False
     return any(k in text for k in ("gloo", "nccl", "timed out", "timeout", "connection", "peer", "socket"))
 
 
 def run_training(cfg: Config) -> dict:
-    trainer = Trainer(cfg)
+    denv = detect_env()
+    # Rank 0 prints progress; other ranks print only warnings and errors, prefixed with rank and
+    # host; every rank keeps everything in RUN/logs/rank<N>.log.
+    logger = setup_rank_logging(cfg.train.out_dir, denv.rank)
+    trainer = Trainer(cfg, denv, log=logger.info, rank_filtered_log=True)
     finished = False
     try:
         trainer.setup()
@@ -255,4 +289,7 @@ def run_training(cfg: Config) -> dict:
         finished = True
         return summary
     finally:
+        if trainer.watchdog is not None:
+            trainer.watchdog.stop()
         cleanup(synchronize=finished)
+        close_rank_logging()
