@@ -1,12 +1,24 @@
 """Typed recipe config. Every field carries a one-line doc (metadata["doc"]).
 
 Defaults follow the paper (FLIP_FACTS.md) unless the doc says otherwise; `recipes/` hold the
-actual runs. Sections sit here together so `--print-config` and validation see one tree.
+actual runs. Sections sit here together so `--print-config` and validation see one tree; each
+section checks its own keys (`check`), naming the key in a one-line error.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Optional, Union
+
+
+@dataclass
+class CheckContext:
+    """What a section's check may consult beyond itself: the whole recipe (cross-section rules),
+    the world size (null when not launched) and whether files must exist."""
+
+    cfg: "Config"
+    world_size: Optional[int] = None
+    check_files: bool = True
 
 
 def doc(default, text: str):
@@ -33,6 +45,30 @@ class ModelConfig:
     decoder_heads: int = doc(16, "reconstruction decoder attention heads")
     eval_mask_ratio: float = doc(0.0, "mask ratio at inference (Table 1d ablation; FLIP: 0 = full image)")
 
+    def check(self, fail, ctx: "CheckContext") -> None:
+        from ..models.sizes import SIZES
+
+        if self.name not in SIZES:
+            fail("model.name", f"unknown model {self.name!r}; choose one of {', '.join(SIZES)}")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            fail("model.mask_ratio", f"must be in [0, 1), got {self.mask_ratio}")
+        if self.image_pool not in ("mean_all", "mean_patches", "cls"):
+            fail("model.image_pool", f"must be mean_all, mean_patches or cls, got {self.image_pool!r}")
+        if not 0.0 <= self.text_mask_ratio < 1.0:
+            fail("model.text_mask_ratio", f"must be in [0, 1), got {self.text_mask_ratio}")
+        if self.text_mask not in ("random", "padding_first"):
+            fail("model.text_mask", f"must be random or padding_first, got {self.text_mask!r}")
+        if self.reconstruction_weight < 0:
+            fail("model.reconstruction_weight", f"must be >= 0, got {self.reconstruction_weight}")
+        if self.reconstruction_weight > 0 and self.mask_ratio == 0:
+            fail("model.reconstruction_weight", "needs model.mask_ratio > 0 (it reconstructs the masked patches)")
+        if not 0.0 <= self.eval_mask_ratio < 1.0:
+            fail("model.eval_mask_ratio", f"must be in [0, 1), got {self.eval_mask_ratio}")
+        if self.text_length < 1:
+            fail("model.text_length", f"must be positive, got {self.text_length}")
+        if self.vocab_size is not None and self.vocab_size < 8:
+            fail("model.vocab_size", f"must be at least 8, got {self.vocab_size}")
+
 
 @dataclass
 class DataConfig:
@@ -57,6 +93,23 @@ class DataConfig:
     loader_timeout_s: float = doc(600.0, "seconds a rank waits for one batch from its loader workers before failing "
                                          "(0 = forever; only with workers > 0)")
     synthetic_samples: Optional[int] = doc(None, "synthetic data: distinct samples before repeating (null = endless)")
+
+    def check(self, fail, ctx: "CheckContext") -> None:
+        from ..models.sizes import SIZES
+
+        name = ctx.cfg.model.name
+        patch = SIZES[name].patch_size
+        if self.image_size <= 0 or self.image_size % patch:
+            fail("data.image_size", f"must be a positive multiple of {name}'s patch size {patch}, got {self.image_size}")
+        if self.workers < 0:
+            fail("data.workers", f"must be >= 0, got {self.workers}")
+        if not self.train_shards:
+            fail("data.train_shards", "is empty; give shards or `synthetic`")
+        if (ctx.check_files and self.tokenizer != "builtin" and not self.tokenizer.startswith(("http://", "https://"))
+                and not os.path.isfile(self.tokenizer)):
+            fail("data.tokenizer", f"file {self.tokenizer} not found (a tokenizers JSON, a vocab.txt, or `builtin`)")
+        if self.loader_timeout_s < 0:
+            fail("data.loader_timeout_s", f"must be >= 0 (0 = wait forever), got {self.loader_timeout_s}")
 
 
 @dataclass
@@ -91,6 +144,50 @@ class TrainConfig:
     straggler_threshold: float = doc(0.2, "straggler warning: a rank's own step time over the median by more than this fraction")
     straggler_patience: int = doc(3, "straggler warning after this many slow log steps in a row (one line naming the host)")
 
+    def check(self, fail, ctx: "CheckContext") -> None:
+        world_size = ctx.world_size
+        if self.global_batch_size < 1:
+            fail("train.global_batch_size", f"must be positive, got {self.global_batch_size}")
+        if world_size is not None and self.global_batch_size % world_size:
+            fail("train.global_batch_size", f"{self.global_batch_size} is not divisible by the world size {world_size}")
+        if self.samples < self.global_batch_size:
+            fail("train.samples", f"{self.samples} is less than one global batch ({self.global_batch_size})")
+        if self.warmup_samples < 0:
+            fail("train.warmup_samples", f"must be >= 0, got {self.warmup_samples}")
+        if self.base_lr <= 0:
+            fail("train.base_lr", f"must be positive, got {self.base_lr}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            fail("train.beta2", f"betas must be in [0, 1), got ({self.beta1}, {self.beta2})")
+        if self.weight_decay < 0:
+            fail("train.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        if not self.out_dir.strip():
+            fail("train.out_dir", "is empty; name the run directory")
+        if self.log_every_steps < 1:
+            fail("train.log_every_steps", f"must be >= 1, got {self.log_every_steps}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            fail("train.device", f"must be auto, cpu or cuda, got {self.device!r}")
+        for key in ("hang_timeout_s", "hang_phase_timeout_s", "straggler_threshold"):
+            if getattr(self, key) < 0:
+                fail(f"train.{key}", f"must be >= 0, got {getattr(self, key)}")
+        if self.gc_every_steps < 0:
+            fail("train.gc_every_steps", f"must be >= 0 (0 = automatic GC), got {self.gc_every_steps}")
+        if self.straggler_patience < 1:
+            fail("train.straggler_patience", f"must be >= 1, got {self.straggler_patience}")
+        if ctx.check_files and self.init_from is not None and not os.path.exists(self.init_from):
+            fail("train.init_from", f"{self.init_from} does not exist")
+        if self.max_nonfinite_steps < 1:
+            fail("train.max_nonfinite_steps", f"must be at least 1, got {self.max_nonfinite_steps}")
+        if self.micro_batch_size is not None:
+            local = self.global_batch_size // (world_size or 1)
+            if self.micro_batch_size < 1:
+                fail("train.micro_batch_size", f"must be positive (or null), got {self.micro_batch_size}")
+            elif world_size is not None and local % self.micro_batch_size:
+                fail("train.micro_batch_size", f"{self.micro_batch_size} does not divide the local batch {local} "
+                                               f"(global {self.global_batch_size} over {world_size} ranks)")
+            if ctx.cfg.parallel.backend == "deepspeed" and self.micro_batch_size < local:
+                fail("train.micro_batch_size", "contrastive micro-batching is not available with parallel.backend="
+                                               "deepspeed (its engine owns backward); use fsdp, ddp or single")
+
 
 @dataclass
 class CheckpointConfig:
@@ -102,6 +199,14 @@ class CheckpointConfig:
     keep: int = doc(3, "how many recent checkpoints to keep")
     async_save: bool = doc(True, "write checkpoints in the background (FSDP/DCP; training waits only for the "
                                  "copy to host memory); other backends save synchronously")
+
+    def check(self, fail, ctx: "CheckContext") -> None:
+        if self.every_steps < 0:
+            fail("checkpoint.every_steps", f"must be >= 0, got {self.every_steps}")
+        if self.keep < 1:
+            fail("checkpoint.keep", f"must be >= 1, got {self.keep}")
+        if self.every_minutes < 0:
+            fail("checkpoint.every_minutes", f"must be >= 0, got {self.every_minutes}")
 
 
 @dataclass
@@ -127,6 +232,35 @@ class ParallelConfig:
     blocks_per_unit: int = doc(1, "fsdp: text-tower blocks per FSDP unit (one all-gather each); small blocks "
                                   "at many ranks are latency-bound")
 
+    def check(self, fail, ctx: "CheckContext") -> None:
+        world_size = ctx.world_size
+        if self.backend not in ("single", "ddp", "fsdp", "deepspeed"):
+            fail("parallel.backend", f"must be single, ddp, fsdp or deepspeed, got {self.backend!r}")
+        if self.zero_stage is not None and self.backend != "deepspeed":
+            fail("parallel.zero_stage", f"is set ({self.zero_stage}) but parallel.backend is {self.backend!r}, not deepspeed")
+        if self.zero_stage is not None and self.zero_stage not in (1, 2, 3):
+            fail("parallel.zero_stage", f"must be 1, 2 or 3, got {self.zero_stage}")
+        if self.precision not in ("fp32", "bf16"):
+            fail("parallel.precision", f"must be fp32 or bf16, got {self.precision!r}")
+        if self.backend == "single" and world_size is not None and world_size > 1:
+            fail("parallel.backend", f"is single but {world_size} processes were launched; use ddp, fsdp or deepspeed")
+        if self.shard_group_size is not None:
+            if self.backend != "fsdp":
+                fail("parallel.shard_group_size",
+                     f"is set ({self.shard_group_size}) but parallel.backend is {self.backend!r}, not fsdp")
+            if self.shard_group_size < 1:
+                fail("parallel.shard_group_size", f"must be positive, got {self.shard_group_size}")
+            if world_size is not None and world_size % self.shard_group_size:
+                fail("parallel.shard_group_size", f"{self.shard_group_size} does not divide the world size {world_size}")
+        if not isinstance(self.reshard_after_forward, bool) and self.reshard_after_forward != "auto":
+            fail("parallel.reshard_after_forward", f"must be true, false or auto, got {self.reshard_after_forward!r}")
+        if self.bucket_mb <= 0:
+            fail("parallel.bucket_mb", f"must be positive, got {self.bucket_mb}")
+        if self.blocks_per_unit < 1:
+            fail("parallel.blocks_per_unit", f"must be at least 1, got {self.blocks_per_unit}")
+        if self.init_timeout_s <= 0 or self.timeout_s <= 0:
+            fail("parallel.timeout_s", f"timeouts must be positive, got {self.init_timeout_s}, {self.timeout_s}")
+
 
 @dataclass
 class EvalConfig:
@@ -136,6 +270,15 @@ class EvalConfig:
     every_steps: int = doc(0, "steps between in-training evaluations (0 = only at the end when zeroshot is set)")
     templates: Optional[str] = doc(None, "prompt templates: 7 | 80 (OpenAI's ImageNet sets; FLIP used 7) | a file | "
                                          "null = the dataset's own templates file")
+
+    def check(self, fail, ctx: "CheckContext") -> None:
+        if self.every_steps < 0:
+            fail("eval.every_steps", f"must be >= 0, got {self.every_steps}")
+        if ctx.check_files and self.zeroshot is not None and not os.path.isdir(self.zeroshot):
+            fail("eval.zeroshot", f"dataset directory {self.zeroshot} not found")
+        if (self.templates is not None and self.templates not in ("7", "80") and ctx.check_files
+                and not os.path.isfile(self.templates)):
+            fail("eval.templates", f"must be 7, 80 or a template file; {self.templates!r} is none of these")
 
 
 @dataclass
