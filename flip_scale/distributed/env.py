@@ -112,7 +112,10 @@ def process_groups() -> list:
     if not (dist.is_available() and dist.is_initialized()):
         return []
     groups = []
-    for pg in list(c10d._world.pg_map):
+    registry = getattr(getattr(c10d, "_world", None), "pg_map", None)
+    if registry is None:  # a torch without the registry: the default group at least
+        return [dist.group.WORLD]
+    for pg in list(registry):
         if pg is c10d.GroupMember.NON_GROUP_MEMBER or pg is None:
             continue
         if dist.get_rank(pg) >= 0:
