@@ -96,11 +96,12 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     return 0.5 * (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels))
 
 
-def total_loss(outputs: dict) -> tuple[torch.Tensor, dict]:
+def total_loss(outputs: dict, gathered_text: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """The training objective of a model's named outputs: the contrastive loss plus every
-    `*_loss` entry (auxiliary heads). Returns (total, {name: term}) with each term in fp32."""
+    `*_loss` entry (auxiliary heads). Returns (total, {name: term}) with each term in fp32.
+    gathered_text: the text features of every rank, already gathered (TextGatherOverlap)."""
     terms = {"contrastive_loss": clip_loss(outputs["image_features"], outputs["text_features"],
-                                           outputs["logit_scale"])}
+                                           outputs["logit_scale"], gathered_text=gathered_text)}
     terms.update({k: v.float() for k, v in outputs.items() if k.endswith("_loss")})
     total = terms["contrastive_loss"]
     for name, value in terms.items():

@@ -18,7 +18,7 @@ def _worker(rank, port, result):
     import torch.distributed as dist
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from flip_scale.loss import TextGatherOverlap, clip_loss
+    from flip_scale.loss import TextGatherOverlap, total_loss
     from flip_scale.models import create_model
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -39,7 +39,7 @@ def _worker(rank, port, result):
     g = torch.Generator().manual_seed(rank)
     images, tokens = torch.rand(8, 3, 32, 32, generator=g), torch.randint(1, 60, (8, 16), generator=g)
     noise = torch.rand(8, model.size.num_patches, generator=g, dtype=torch.float64)
-    plain = clip_loss(*model(images, tokens, noise)[:3])
+    plain = total_loss(model(images, tokens, noise))[0]
     plain.backward()
     plain_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
@@ -53,7 +53,7 @@ def _worker(rank, port, result):
         pending = overlap.take()
         # Nothing in forward waited for it: the functional collective's tensor is still unwaited.
         unwaited = type(pending).__name__ == "AsyncCollectiveTensor" and not pending.completed
-        loss = clip_loss(*out[:3], gathered_text=pending)
+        loss = total_loss(out, gathered_text=pending)[0]
     loss.backward()
     diff = max((p.grad - q).abs().max().item() for p, q in zip(model.parameters(), plain_grads))
     gather = order.ops.index("_c10d_functional.all_gather_into_tensor")

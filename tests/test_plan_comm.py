@@ -174,7 +174,7 @@ def test_young_daly_and_the_total():
 
 
 def test_the_plan_adds_it_all_up():
-    cfg = load_plan_config(H14_STUDY, [], W)
+    cfg = load_plan_config(H14_STUDY, ["parallel.shard_group_size=null"], W)  # flat FSDP (recipe: HSDP)
     plan = make_plan(cfg, 64, 8, "h100")
     st, tot = plan["step"], plan["total"]
     assert st["micro_batch"] == 128
@@ -207,7 +207,8 @@ def test_cli_prints_every_cost(capsys):
                    "loss: text features all-gather", "data loader:", "CPU cores per GPU", "checkpoint:", "files",
                    "Young/Daly interval", "total wall-clock:", "hsdp, groups of 8"):
         assert needle in out, needle
-    assert main_plan([H14_STUDY, "parallel.backend=deepspeed", "--nodes", "64", "--gpus-per-node", "8", "--gpu", "h100"]) == 0
+    assert main_plan([H14_STUDY, "parallel.backend=deepspeed", "parallel.shard_group_size=null", "--nodes", "64",
+                      "--gpus-per-node", "8", "--gpu", "h100"]) == 0
     assert "overlap_comm true" in capsys.readouterr().out
     assert main_plan([H14_STUDY, "--nodes", "64", "--gpus-per-node", "8", "--gpu", "h100", "--link-gbps", "0"]) == 2
     assert "--link-gbps" in capsys.readouterr().err
@@ -218,7 +219,11 @@ def test_reshard_after_forward_auto():
     true / false are taken as given; without a card (CPU) auto reshards."""
     from flip_scale.planning.memory import plan_memory, resolve_reshard
 
-    cfg = load_plan_config(H14_STUDY, ["parallel.reshard_after_forward=auto"], W)
+    # The memory arithmetic below is for flat FSDP over W ranks with checkpointing (the recipe
+    # itself runs HSDP without it).
+    FLAT_AC = ["parallel.shard_group_size=null", "parallel.activation_checkpointing=true"]
+
+    cfg = load_plan_config(H14_STUDY, FLAT_AC + ["parallel.reshard_after_forward=auto"], W)
     assert resolve_reshard(cfg, W, None) == {"image": True, "text": True}
     assert resolve_reshard(cfg, W, 80) == {"image": False, "text": False}  # 4 GB planned with checkpointing
     image, text = (COUNTS[f"{t}_block"] * COUNTS[f"{t}_layers"] * 2 / 1e9 for t in ("image", "text"))
@@ -233,11 +238,11 @@ def test_reshard_after_forward_auto():
     assert planned(cap).usable_gb - planned(cap).total_gb < text + image
     assert resolve_reshard(cfg, W, cap) == {"image": True, "text": False}
     for value in ("true", "false"):
-        cfg = load_plan_config(H14_STUDY, [f"parallel.reshard_after_forward={value}"], W)
+        cfg = load_plan_config(H14_STUDY, FLAT_AC + [f"parallel.reshard_after_forward={value}"], W)
         assert resolve_reshard(cfg, W, 1000) == {"image": value == "true", "text": value == "true"}
     # The plan prices what auto decided, and counts the kept parameters in memory.
-    auto = make_plan(load_plan_config(H14_STUDY, ["parallel.reshard_after_forward=auto"], W), 64, 8, "h100")
-    flat = make_plan(load_plan_config(H14_STUDY, [], W), 64, 8, "h100")
+    auto = make_plan(load_plan_config(H14_STUDY, FLAT_AC + ["parallel.reshard_after_forward=auto"], W), 64, 8, "h100")
+    flat = make_plan(load_plan_config(H14_STUDY, FLAT_AC + [], W), 64, 8, "h100")
     assert auto["comm"]["bytes_per_rank"] < flat["comm"]["bytes_per_rank"]
     kept = auto["memory"]["checkpointing"]["working_copies_gb"] - flat["memory"]["checkpointing"]["working_copies_gb"]
     assert kept == pytest.approx(image + text, rel=1e-9)
@@ -249,7 +254,8 @@ def test_deepspeed_config_has_the_planners_buckets(stage):
     same buckets; gradients are reduced in fp32 in any precision."""
     from flip_scale.distributed.backends.deepspeed import deepspeed_config
 
-    cfg = load_plan_config(H14_STUDY, ["parallel.backend=deepspeed", f"parallel.zero_stage={stage}",
+    cfg = load_plan_config(H14_STUDY, ["parallel.backend=deepspeed", "parallel.shard_group_size=null",
+                                       f"parallel.zero_stage={stage}",
                                        "parallel.bucket_mb=100"], W)
     ds = deepspeed_config(cfg, W)
     zero = ds["zero_optimization"]
@@ -260,6 +266,6 @@ def test_deepspeed_config_has_the_planners_buckets(stage):
         plan = make_plan(cfg, 64, 8, "h100")
         rs = next(c for c in plan["comm"]["collectives"] if c["name"] == "all-reduce (gradient buckets)")
         assert rs["calls"] == math.ceil(4 * N / 100e6)
-        off = deepspeed_config(load_plan_config(H14_STUDY, ["parallel.backend=deepspeed", "parallel.overlap_comm=false",
+        off = deepspeed_config(load_plan_config(H14_STUDY, ["parallel.backend=deepspeed", "parallel.shard_group_size=null", "parallel.overlap_comm=false",
                                                             "parallel.precision=fp32"], W), W)
         assert off["zero_optimization"]["overlap_comm"] is False and off["communication_data_type"] == "fp32"

@@ -218,11 +218,13 @@ class ParallelConfig:
     activation_checkpointing: bool = doc(False, "recompute each transformer block in backward")
     compile: bool = doc(False, "torch.compile each transformer block")
     precision: str = doc("fp32", "fp32 | bf16 (bf16 autocast / bf16 params with fp32 reduction)")
+    overlap_loss_gather: bool = doc(True, "start the loss's all-gather of the text features as soon as the text "
+                                          "tower is done, under the image tower's forward (more than one rank)")
     init_timeout_s: float = doc(1800.0, "collective timeout while starting (first steps include compile and loading)")
     timeout_s: float = doc(300.0, "collective timeout after the first steps, on every process group: a dead or "
                                   "hung peer ends the job")
     shard_group_size: Optional[int] = doc(None, "fsdp: ranks that shard one model copy (HSDP; e.g. 8 = a node); "
-                                                "copies replicate across groups; null = flat FSDP over all ranks")
+                                                "copies replicate across groups; null (or >= the world size) = flat FSDP")
     reshard_after_forward: Union[bool, str] = doc(True, "fsdp: free gathered block parameters after forward and "
                                                         "gather again in backward (true) | keep them (false) | auto: "
                                                         "keep a tower's if the planner says they fit")
@@ -250,7 +252,8 @@ class ParallelConfig:
                      f"is set ({self.shard_group_size}) but parallel.backend is {self.backend!r}, not fsdp")
             if self.shard_group_size < 1:
                 fail("parallel.shard_group_size", f"must be positive, got {self.shard_group_size}")
-            if world_size is not None and world_size % self.shard_group_size:
+            # A group as large as the job (a one-node run of a multi-node recipe) is flat FSDP.
+            if world_size is not None and world_size > self.shard_group_size and world_size % self.shard_group_size:
                 fail("parallel.shard_group_size", f"{self.shard_group_size} does not divide the world size {world_size}")
         if not isinstance(self.reshard_after_forward, bool) and self.reshard_after_forward != "auto":
             fail("parallel.reshard_after_forward", f"must be true, false or auto, got {self.reshard_after_forward!r}")

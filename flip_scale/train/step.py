@@ -14,7 +14,8 @@ import os
 
 import torch
 
-from ..loss import clip_loss, total_loss
+from ..distributed.collectives import world_size
+from ..loss import TextGatherOverlap, clip_loss, total_loss
 from ..models.masking import IMAGE_STREAM, TEXT_STREAM, DataPositionNoise
 
 # Test-only fault injection (README "Fault tolerance"): comma-separated 1-based steps whose loss
@@ -65,6 +66,11 @@ class TrainStep:
         micro = cfg.train.micro_batch_size
         self.micro = micro if micro and micro < local_batch else None
         self.nan_steps = nan_steps
+        # The loss gathers every rank's text features; started from a hook as soon as the text
+        # tower is done, the gather runs under the image tower's forward. (The micro-batch path
+        # gathers cached features once, outside any forward: nothing to overlap there.)
+        self.overlap = (TextGatherOverlap(backend.model.text)
+                        if cfg.parallel.overlap_loss_gather and world_size() > 1 and self.micro is None else None)
 
     def _forward(self, images, tokens, step: int, rows: slice) -> dict:
         with self.backend.autocast():
@@ -77,7 +83,9 @@ class TrainStep:
         images = batch["images"].to(self.device, non_blocking=True)
         tokens = batch["tokens"].to(self.device, non_blocking=True)
         if self.micro is None:
-            loss, _ = total_loss(self._forward(images, tokens, step, slice(None)))
+            with self.overlap.armed() if self.overlap is not None else contextlib.nullcontext():
+                out = self._forward(images, tokens, step, slice(None))
+            loss, _ = total_loss(out, gathered_text=self.overlap.take() if self.overlap is not None else None)
             loss = self._inject(step, loss)
             self.backend.backward(loss)
         else:

@@ -13,7 +13,6 @@ Host syncs of a run (everything else stays queued on the device):
 """
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import signal
@@ -29,7 +28,7 @@ from ..config import Config, validate, write_config
 from ..data.loader import build_train_loader
 from ..data.tokenizer import load_tokenizer
 from ..distributed.backends import get_backend_class
-from ..distributed.env import DistEnv, cleanup, detect_env, init_distributed, select_device
+from ..distributed.env import DistEnv, cleanup, detect_env, init_distributed, select_device, set_collective_timeout
 from ..distributed.stragglers import StragglerMonitor
 from ..fileio import write_text_atomic
 from ..logs import close_rank_logging, setup_rank_logging
@@ -223,11 +222,9 @@ class Trainer:
     def _maybe_warm_timeouts(self) -> None:
         if self.state.step == self.state.resumed_at_step + WARM_STEPS and dist.is_initialized():
             # Start-up (compile, loading, first allocations) is over: from now on a dead or hung
-            # peer should end the job in timeout_s, not after the long init timeout.
-            set_timeout = getattr(dist, "set_timeout", None)  # public from torch 2.14 on
-            if set_timeout is None:
-                from torch.distributed.distributed_c10d import _set_pg_timeout as set_timeout
-            set_timeout(datetime.timedelta(seconds=self.cfg.parallel.timeout_s))
+            # peer should end the job in timeout_s, not after the long init timeout. After a
+            # barrier, on every group (HSDP's sub-meshes, DeepSpeed's, the checkpoint writer's).
+            set_collective_timeout(self.cfg.parallel.timeout_s)
 
     def evaluate(self) -> dict:
         """Zero-shot on eval.zeroshot (every rank takes a slice); returns `eval/<dataset>/<metric>` keys."""
