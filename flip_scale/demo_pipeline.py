@@ -380,7 +380,22 @@ def headline(run_dirs) -> str:
     return f"headline: {'; '.join(parts)}; {base_text} and reached {ab:.1f}% in {tb:.0f} s"
 
 
+# What the stages import beyond the core install: img2dataset/pyarrow/pandas ([data]), matplotlib ([report]).
+NEEDS = ("img2dataset", "pyarrow", "pandas", "matplotlib")
+
+
+def missing_packages() -> list[str]:
+    import importlib.util
+
+    return [name for name in NEEDS if importlib.util.find_spec(name) is None]
+
+
 def run_full_demo(output: str, size: DemoSize = FULL) -> int:
+    missing = missing_packages()
+    if missing:  # say so before minutes of work, not in the middle of a stage
+        print(f"demo: needs Python package(s) {', '.join(missing)}: pip install 'flip-scale[data,report]' "
+              f"(`make demo` does); `flip-scale demo --quick` needs neither", file=sys.stderr)
+        return 2
     out = Path(output)
     if out.exists() and any(out.iterdir()):
         if not (out / DEMO_MARKER).is_file():
