@@ -142,6 +142,39 @@ def serve(directory: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
     return srv, f"http://127.0.0.1:{srv.server_address[1]}"
 
 
+class RunProgress:
+    """Turns the trainer's `step N/T ... loss L ...` lines into one progress line with an ETA.
+    The ETA's rate starts at the first step line, so start-up (imports, rendezvous) is left out.
+    On a terminal the line is rewritten in place; otherwise (logs, CI) a line per quarter."""
+
+    STEP = re.compile(r"step (\d+)/(\d+)")
+
+    def __init__(self, prefix: str, tty: bool, emit, clock=time.time):
+        self.prefix, self.tty, self.emit, self.clock = prefix, tty, emit, clock
+        self.first: tuple[float, int] | None = None
+        self.quarter = -1
+
+    def feed(self, line: str) -> None:
+        m = self.STEP.match(line)
+        if not m:
+            return
+        step, total = int(m.group(1)), int(m.group(2))
+        now = self.clock()
+        if self.first is None:
+            self.first = (now, step)
+        t0, s0 = self.first
+        if step <= s0:
+            return  # no rate yet, so no ETA to show
+        eta = (now - t0) / (step - s0) * (total - step)
+        loss = re.search(r"loss ([\d.]+)", line)
+        text = f"{self.prefix} step {step}/{total}  loss {loss.group(1) if loss else '?'}  ETA {_fmt_s(eta)}"
+        if self.tty:
+            self.emit("\r" + text + "\033[K", end="")
+        elif 4 * step // total > self.quarter and step < total:
+            self.quarter = 4 * step // total
+            self.emit(text)
+
+
 class Demo:
     def __init__(self, output: str, size: DemoSize, stream=None):
         self.out = Path(output)
@@ -261,34 +294,10 @@ class Demo:
                "--master_addr", "127.0.0.1", "--master_port", _free_port(),
                "-m", "flip_scale", "train", tiny_recipe(), *overrides]
         label = f"train mask {mask:.0%}"
-        first: list = []  # (time, step) of the first progress line: the ETA's rate excludes start-up
-        last_print = [0.0, -1]
-
-        def progress(line: str) -> None:
-            m = re.match(r"step (\d+)/(\d+)", line)
-            if not m:
-                return
-            step, total = int(m.group(1)), int(m.group(2))
-            now = time.time()
-            if not first:
-                first.append((now, step))
-            t0, s0 = first[0]
-            if step == s0:
-                return  # no rate yet, so no ETA to show
-            eta = (now - t0) / (step - s0) * (total - step)
-            loss = re.search(r"loss ([\d.]+)", line)
-            text = (f"[{self.stage_no}/{self.n_stages}] {label:<15} step {step}/{total}  "
-                    f"loss {loss.group(1) if loss else '?'}  ETA {_fmt_s(eta)}")
-            if self.tty:
-                self._print("\r" + text + "\033[K", end="")
-            else:  # logs / CI: a line at each quarter of the run, not one per logged step
-                quarter = 4 * step // total
-                if quarter > last_print[1] and step < total:
-                    last_print[1] = quarter
-                    self._print(text)
+        progress = RunProgress(f"[{self.stage_no}/{self.n_stages}] {label:<15}", self.tty, self._print)
 
         try:
-            self._run(name, cmd, on_line=progress)
+            self._run(name, cmd, on_line=progress.feed)
         finally:
             if self.tty:
                 self._print("\r\033[K", end="")

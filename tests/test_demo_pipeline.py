@@ -96,3 +96,41 @@ def test_steps_belong_to_the_quick_demo(tmp_path):
     assert r.returncode == 2 and r.stderr.strip() == ("flip-scale: error: demo: --steps goes with --quick "
                                                       "(the full demo's length is fixed)")
     assert not (tmp_path / "d").exists()
+
+
+
+def _trainer_lines(total=40, every=5):
+    # The trainer's progress line format (flip_scale/train/trainer.py), one per logged step.
+    return [f"step {s}/{total}  samples {64 * s}/{64 * total}  loss {4 - s / 20:.4f}  lr 1.00e-03  "
+            f"100.0 samples/s  ETA 0:00:10" for s in range(every, total + 1, every)]
+
+
+def test_progress_line_eta_from_the_first_step_on():
+    from flip_scale.demo_pipeline import RunProgress
+
+    clock = iter(range(100, 1000, 2))  # two seconds between logged steps (5 steps)
+    out = []
+    p = RunProgress("[4/7] train mask 0%   ", tty=False, emit=lambda s, end="\n": out.append(s + end),
+                    clock=lambda: next(clock))
+    p.feed("some warning from torchrun\n")
+    for line in _trainer_lines():
+        p.feed(line + "\n")
+    # Non-terminal: a line at each quarter (not one per logged step), none at the end.
+    assert [x.split("  ETA")[0] for x in out] == ["[4/7] train mask 0%    step 10/40  loss 3.5000",
+                                                 "[4/7] train mask 0%    step 20/40  loss 3.0000",
+                                                 "[4/7] train mask 0%    step 30/40  loss 2.5000"]
+    # Rate 2 s per 5 steps, measured from the first step line: 30 steps left at step 10 = 12 s.
+    assert out[0].endswith("ETA 12.0 s\n") and out[2].endswith("ETA 4.0 s\n")
+
+
+def test_progress_line_on_a_terminal_is_rewritten_in_place():
+    from flip_scale.demo_pipeline import RunProgress
+
+    clock = iter(range(0, 1000, 30))
+    out = []
+    p = RunProgress("[5/7] train mask 50%  ", tty=True, emit=lambda s, end="\n": out.append(s + end),
+                    clock=lambda: next(clock))
+    for line in _trainer_lines():
+        p.feed(line)
+    assert len(out) == 7 and all(x.startswith("\r[5/7] train mask 50%") and x.endswith("\033[K") for x in out)
+    assert out[0].endswith("ETA 3:00\033[K")  # 30 s per 5 steps, 30 steps left
