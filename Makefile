@@ -8,14 +8,15 @@ PIP := $(BIN)/python -m pip
 # instead of letting pip copy torch into an isolated build environment.
 PIP_INSTALL := $(PIP) install --no-build-isolation
 
-.PHONY: demo test test-fast clean-venv
+.PHONY: demo demo-figure test test-fast chromium clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# The demo downloads with img2dataset ([data]) and draws the report with matplotlib ([report]).
 $(VENV)/.demo-installed: $(BIN)/python setup.py
 	$(PIP) install -q setuptools wheel
-	$(PIP_INSTALL) -q -e .
+	$(PIP_INSTALL) -q -e '.[data,report]'
 	touch $@
 
 $(VENV)/.test-installed: $(VENV)/.demo-installed setup.py
@@ -25,7 +26,16 @@ $(VENV)/.test-installed: $(VENV)/.demo-installed setup.py
 demo: $(VENV)/.demo-installed
 	$(BIN)/flip-scale demo
 
-test: $(VENV)/.test-installed
+# README's demo figure: run the demo, keep its Figure-1 panel (zero-shot against wall-clock time).
+demo-figure: demo
+	cp runs/demo/report/zeroshot_vs_wall.png docs/demo_zeroshot_vs_wall.png
+
+# tests/test_report_browser.py opens the report in headless Chromium (Debian's `chromium`,
+# installed here when missing; apt-get needs root, as on CI).
+chromium:
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+
+test: $(VENV)/.test-installed chromium
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider
 
 test-fast: $(VENV)/.test-installed

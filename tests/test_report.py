@@ -69,11 +69,12 @@ def test_grouping_names_what_differs(runs):
 
     loaded = load_runs(runs)
     assert varying_axes(loaded) == ["mask", "batch"]
-    titles = [t for t, _, _ in panels(loaded)]
-    assert titles == ["mask ratio", "batch size"]
-    mask_panel = panels(loaded)[0][2]
-    # Controlled comparison: the three batch-64 runs differ only in mask ratio.
-    assert sorted(r.mask_ratio for r in mask_panel) == [0.0, 0.5, 0.75]
+    groups = panels(loaded)
+    assert [p.title for p in groups] == ["mask ratio", "batch size"]
+    # Controlled comparisons: the three batch-64 runs differ only in mask ratio; the two 50% runs
+    # only in batch. Each legend names its panel's axis alone.
+    assert sorted(r.mask_ratio for r in groups[0].runs) == [0.0, 0.5, 0.75] and groups[0].label_axes == ["mask"]
+    assert sorted(r.name for r in groups[1].runs) == ["live", "mask50"] and groups[1].label_axes == ["batch"]
     live = next(r for r in loaded if r.name == "live")
     # The signal came while step 10 was logged; ranks agree on a stop at the next log step (12).
     assert not live.finished and live.samples_seen == 384 and live.world_size == 1
@@ -86,7 +87,7 @@ def test_cli_report_plots_tables_and_html(runs, tmp_path):
     pngs = sorted(out.glob("*.png"))
     names = {p.name for p in pngs}
     for metric in ("zeroshot", "loss"):
-        for x in ("samples", "gpu_hours", "flops"):
+        for x in ("wall", "samples", "gpu_hours", "flops"):
             assert f"{metric}_vs_{x}.png" in names
     for p in pngs:
         _png_ok(p)

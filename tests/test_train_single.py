@@ -67,7 +67,7 @@ def test_rerun_resumes_from_the_checkpoint_instead_of_restarting(tmp_path):
 
 
 def test_demo_command_prints_falling_loss_and_zero_shot(tmp_path):
-    r = subprocess.run(cli("demo", "--output", tmp_path / "demo", "--steps", 60), capture_output=True, text=True,
+    r = subprocess.run(cli("demo", "--quick", "--output", tmp_path / "demo", "--steps", 60), capture_output=True, text=True,
                        cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     fell = next(line for line in r.stdout.splitlines() if line.startswith("demo: loss fell from"))
@@ -81,7 +81,7 @@ def test_demo_refuses_to_replace_a_directory_it_did_not_make(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("keep me")
-    r = subprocess.run(cli("demo", "--output", run, "--steps", 5), capture_output=True, text=True, cwd=ROOT,
+    r = subprocess.run(cli("demo", "--quick", "--output", run, "--steps", 5), capture_output=True, text=True, cwd=ROOT,
                        timeout=300)
     assert r.returncode == 2 and "not a demo directory" in r.stderr
     assert (run / "config.yaml").read_text() == "keep me"

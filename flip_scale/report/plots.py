@@ -1,15 +1,28 @@
-"""PNG figures: loss and zero-shot accuracy against samples seen, GPU-hours and FLOPs, one
-panel per scaling axis (the paper's Figure 5 layout). Runs in progress are dashed."""
+"""PNG figures: loss and zero-shot accuracy against wall-clock time (the paper's Figure 1 axes),
+samples seen, GPU-hours and FLOPs, one panel per controlled comparison (the paper's Figure 5
+layout; grouping.py decides which runs share a panel). Runs in progress are dashed."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from .grouping import label, panels, varying_axes
+from .grouping import label, panels
 from .runs import Run
 
-X_AXES = {"samples": "samples seen", "gpu_hours": "GPU-hours (wall time x GPUs)", "flops": "training FLOPs (3x forward)"}
+X_AXES = {"wall": "wall-clock training time", "samples": "samples seen", "gpu_hours": "GPU-hours (wall time x GPUs)",
+          "flops": "training FLOPs (3x forward)"}
+
+
+def wall_unit(runs: list[Run]) -> tuple[str, float]:
+    """(unit, seconds per unit) that keeps the wall-clock axis readable: demos last seconds to
+    minutes, cluster runs days."""
+    longest_s = 3600 * max((r.total_wall_hours for r in runs), default=0.0)
+    if longest_s <= 600:
+        return "s", 1.0
+    if longest_s <= 3 * 3600:
+        return "min", 60.0
+    return "h", 3600.0
 
 
 def _matplotlib():
@@ -26,13 +39,14 @@ def _x(run: Run, samples_seen: list[float], x: str) -> list[float]:
         return list(samples_seen)
     if x == "flops":
         return [s * run.train_flops_per_sample for s in samples_seen]
-    # GPU-hours at a given sample count: interpolated along the run's own records.
+    # Wall time / GPU-hours at a given sample count: interpolated along the run's own records.
     seen = [r["samples_seen"] for r in run.records]
-    hours = run.gpu_hours()
+    hours = run.gpu_hours() if x == "gpu_hours" else run.wall_hours()
     if not seen:
         return [float("nan")] * len(samples_seen)
     if run.finished:  # the end point is the summary's wall time
-        seen, hours = seen + [run.samples_seen], hours + [run.total_gpu_hours]
+        end = run.total_gpu_hours if x == "gpu_hours" else run.total_wall_hours
+        seen, hours = seen + [run.samples_seen], hours + [end]
     return list(np.interp(samples_seen, [0] + seen, [0.0] + hours))
 
 
@@ -54,20 +68,23 @@ def has_metric(runs: list[Run], metric: str) -> bool:
 def plot_metric(runs: list[Run], metric: str, x: str, path: Path) -> Path:
     plt = _matplotlib()
     groups = panels(runs)
-    axes_names = varying_axes(runs)
     fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.2), squeeze=False)
     multi_dataset = len({d for r in runs for d, *_ in _series(r, metric) if d}) > 1
-    for ax, (title, _, members) in zip(axes[0], groups):
-        for i, run in enumerate(members):
-            color = f"C{runs.index(run) % 10}"
+    unit, per_unit = wall_unit(runs)
+    for ax, panel in zip(axes[0], groups):
+        for run in panel.runs:
+            color = f"C{runs.index(run) % 10}"  # a run keeps its colour in every panel
             for suffix, seen, values in _series(run, metric):
-                name = label(run, axes_names) + (f" [{suffix}]" if multi_dataset else "")
+                name = label(run, panel.label_axes) + (f" [{suffix}]" if multi_dataset else "")
                 name += "" if run.finished else " (running)"
                 marker = "o" if len(values) < 12 else None
-                ax.plot(_x(run, seen, x), values, color=color, linestyle="-" if run.finished else "--",
+                xs = _x(run, seen, x)
+                if x == "wall":
+                    xs = [3600 * h / per_unit for h in xs]
+                ax.plot(xs, values, color=color, linestyle="-" if run.finished else "--",
                         marker=marker, markersize=4, label=name)
-        ax.set_title(title)
-        ax.set_xlabel(X_AXES[x])
+        ax.set_title(panel.title, fontsize=12 if len(panel.title) < 40 else 9)
+        ax.set_xlabel(X_AXES[x] + (f" ({unit})" if x == "wall" else ""))
         ax.set_ylabel("zero-shot top-1 (%)" if metric == "zeroshot" else "contrastive loss")
         if x == "flops":
             ax.set_xscale("log")
@@ -81,6 +98,20 @@ def plot_metric(runs: list[Run], metric: str, x: str, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+METRIC_NAMES = {"zeroshot": "zero-shot top-1 accuracy", "loss": "contrastive loss"}
+
+
+def caption(path: Path) -> str:
+    """What a figure written by write_plots shows, from its file name (METRIC_vs_X.png)."""
+    metric, _, x = Path(path).stem.partition("_vs_")
+    if metric not in METRIC_NAMES or x not in X_AXES:
+        return Path(path).stem.replace("_", " ")
+    text = f"{METRIC_NAMES[metric]} against {X_AXES[x]}"
+    if metric == "zeroshot" and x == "wall":
+        text += " (the axes of the paper's Figure 1)"
+    return text
 
 
 def write_plots(runs: list[Run], out_dir: Path) -> list[Path]:

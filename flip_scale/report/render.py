@@ -4,9 +4,14 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from .plots import caption
+
 INTRO = ("Built by `flip-scale report` from each run's config.yaml, metrics.jsonl, summary.json and "
-         "eval/*.json. GPU-hours = wall time x GPUs; FLOPs = samples seen x training FLOPs per sample "
-         "(3x forward, flip_scale/models/flops.py). Dashed curves are runs still in progress.")
+         "eval/*.json. Wall-clock time is training time from the metric records (in-training evaluations "
+         "included); GPU-hours = wall time x GPUs; FLOPs = samples seen x training FLOPs per sample "
+         "(3x forward, flip_scale/models/flops.py). A panel named for an axis holds runs that differ in that "
+         "axis alone; runs differing in several axes share a panel that names them. Dashed curves are runs "
+         "still in progress.")
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -28,7 +33,7 @@ def write_markdown(out: Path, title: str, sections: list[tuple[str, object]], fi
         parts += [f"## {heading}", "", markdown_table(headers, rows), ""]
     if figures:
         parts += ["## Figures", ""]
-        parts += [f"![{f.stem}]({f.name})\n" for f in figures]
+        parts += [f"![{caption(f)}]({f.name})\n" for f in figures]
     path = out / "report.md"
     path.write_text("\n".join(parts))
     return path
@@ -44,8 +49,8 @@ def write_html(out: Path, title: str, sections: list[tuple[str, object]], figure
         parts += [f"<h2>{html.escape(heading)}</h2>", html_table(headers, rows, f"table{i}")]
     if figures:
         parts.append("<h2>Figures</h2>")
-        parts += [f'<figure><img src="{html.escape(f.name)}" alt="{html.escape(f.stem)}">'
-                  f"<figcaption>{html.escape(f.stem.replace('_', ' '))}</figcaption></figure>" for f in figures]
+        parts += [f'<figure><img src="{html.escape(f.name)}" alt="{html.escape(caption(f))}">'
+                  f"<figcaption>{html.escape(caption(f))}</figcaption></figure>" for f in figures]
     parts.append("</body></html>")
     path = out / "index.html"
     path.write_text("\n".join(parts))
