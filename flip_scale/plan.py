@@ -91,7 +91,7 @@ def make_plan(cfg: Config, nodes: int, gpus_per_node: int, gpu: str, mfu: float 
                               text_mask_ratio=m.text_mask_ratio, backend=p.backend, zero_stage=p.zero_stage, checkpointing=ck, world_size=world,
                               global_batch=t.global_batch_size, capacity_gb=spec.memory_gb,
                               flash_attention=flash_attention, shard_group=layout.shard_group,
-                              kept_gathered_params=kept)
+                              kept_gathered_params=kept, micro_batch=t.micro_batch_size)
               for ck in (False, True)}
     # One step's compute at the assumed utilisation, split into the phases communication hides under.
     c = compute[p.activation_checkpointing]
@@ -99,6 +99,10 @@ def make_plan(cfg: Config, nodes: int, gpus_per_node: int, gpu: str, mfu: float 
     rate = peak * mfu
     compute_s = micro * c.hardware_flops_per_sample / rate
     forward_s = micro * c.forward_gflops["total"] * 1e9 / rate
+    if t.micro_batch_size and t.micro_batch_size < micro:
+        # Contrastive micro-batching: a no-grad forward caches the features, then each micro
+        # batch is re-forwarded with gradient: one extra forward (about 1.33x compute).
+        compute_s += forward_s
     image_forward_s = micro * c.forward_gflops["image"] * 1e9 / rate
     link = Link(gbps_to_bytes(link_gbps), gbps_to_bytes(nvlink_gbps or spec.nvlink_gbps))
     comm = plan_comm(layout, counts, t.global_batch_size, size.embed_dim, link, forward_s, compute_s - forward_s,
@@ -158,6 +162,7 @@ def _duration(seconds: float) -> str:
 
 def format_plan(plan: dict) -> str:
     c, mem = plan["compute"], plan["memory"]
+    local = plan["global_batch_size"] // plan["world_size"]
     pc = plan["params"]
     ck = plan["activation_checkpointing"]
     gf = c["forward_gflops"]
@@ -181,8 +186,9 @@ def format_plan(plan: dict) -> str:
         f"(unmasked: {c['unmasked_gpu_days']:,.0f} GPU-days)",
         f"  (with checkpointing {'off' if ck else 'on'}: {plan['compute_other_checkpointing']['gpu_days']:,.0f} GPU-days)",
         "",
-        f"memory per GPU (GB), micro batch {mem['checkpointing']['micro_batch']} = "
-        f"{plan['global_batch_size']} / {plan['world_size']} GPUs, partitioning {mem['checkpointing']['scheme']}:",
+        f"memory per GPU (GB), {local} samples per GPU = {plan['global_batch_size']} / {plan['world_size']} GPUs"
+        + (f" in micro batches of {mem['checkpointing']['micro_batch']}" if mem['checkpointing']['micro_batch'] < local
+           else "") + f", partitioning {mem['checkpointing']['scheme']}:",
         f"  {'':34s}{'no ckpt':>10s}{'ckpt':>10s}",
     ]
     rows = [("weights", "weights_gb"), ("gradients", "grads_gb"), ("fp32 master weights", "master_gb"),
@@ -199,11 +205,29 @@ def format_plan(plan: dict) -> str:
     lines.append(f"  {'largest micro batch that fits':34s}{a['max_micro_batch']:10d}{b['max_micro_batch']:10d}")
     if not (a["fits"] if not ck else b["fits"]):
         hint = ("turn on parallel.activation_checkpointing" if not ck and b["fits"]
-                else "use more GPUs (a contrastive batch must not be split by gradient accumulation)")
+                else _micro_batch_hint(b if ck else a, local))
         lines.append(f"  does NOT fit as configured: {hint}")
     if "comm" in plan:
         lines += [""] + format_costs(plan)
     return "\n".join(lines)
+
+
+def largest_micro_batch(mem: dict, local: int) -> int:
+    """The largest train.micro_batch_size that fits: the towers' activations scale with the
+    micro batch, the weights, optimizer state and the loss over the local batch do not; a
+    divisor of the local batch (micro batches split it evenly)."""
+    per_sample = (mem["activations_gb"] + mem["workspace_gb"]) / max(mem["micro_batch"], 1)
+    fixed = mem["total_gb"] - mem["activations_gb"] - mem["workspace_gb"]
+    cap = int((mem["usable_gb"] - fixed) // per_sample) if per_sample > 0 else local
+    return max((m for m in range(1, min(cap, local) + 1) if local % m == 0), default=0)
+
+
+def _micro_batch_hint(mem: dict, local: int) -> str:
+    m = largest_micro_batch(mem, local)
+    if m == 0:
+        return "use more GPUs (even one sample per micro batch does not fit beside the model state)"
+    return (f"set train.micro_batch_size={m} (contrastive micro-batching: cached features, the same gradient as "
+            f"the whole batch, about 1.33x compute), or use more GPUs")
 
 
 def _gb(x: float) -> str:

@@ -60,7 +60,7 @@ def _record_collectives(model, rank):
     with rec:
         out = model(images, tokens)
         rec.phase = "loss"
-        loss = clip_loss(*out[:3])
+        loss = clip_loss(out["image_features"], out["text_features"], out["logit_scale"])
         rec.phase = "backward"
         loss.backward()
     return rec.calls

@@ -195,3 +195,24 @@ def test_text_masking_costs_the_papers_0_92x():
     # the activations held for the text tower shrink with the kept tokens too
     mem = lambda name: plans[name]["memory"]["no_checkpointing"]["activations_gb"]  # noqa: E731
     assert mem("c_text_mask_random") < mem("a_mask75_batch64k")
+
+
+def test_planner_offers_contrastive_micro_batching_when_a_batch_does_not_fit(capsys):
+    """H/14 at the paper's 64k batch on one 8-GPU node: 8,192 samples per GPU cannot fit, so the
+    plan proposes train.micro_batch_size (not "use more GPUs"); with it the plan fits and costs
+    one extra forward (~1.33x compute)."""
+    import re
+
+    study = str(ROOT / "recipes" / "studies" / "h14_laion2b_12.8b.yaml")
+    flat = ["parallel.shard_group_size=null"]
+    assert main_plan([study, *flat, "--nodes", "1", "--gpus-per-node", "8", "--gpu", "h100"]) == 0
+    out = capsys.readouterr().out
+    m = re.search(r"does NOT fit as configured: set train.micro_batch_size=(\d+) \(contrastive micro-batching", out)
+    assert m, out
+    micro = int(m.group(1))
+    assert 8192 % micro == 0 and 1 <= micro <= 8192
+    whole = make_plan(load_plan_config(study, flat, 8), 1, 8, "h100")
+    split = make_plan(load_plan_config(study, flat + [f"train.micro_batch_size={micro}"], 8), 1, 8, "h100")
+    assert not whole["memory"]["no_checkpointing"]["fits"] and split["memory"]["no_checkpointing"]["fits"]
+    ratio = split["step"]["compute_s"] / whole["step"]["compute_s"]
+    assert 1.25 < ratio < 1.45  # the extra forward

@@ -209,8 +209,11 @@ def partition_scheme(backend: str, zero_stage: int | None) -> str:
 def plan_memory(size: ModelSize, *, mask_ratio: float, text_length: int, precision: str, backend: str,
                 zero_stage: int | None, checkpointing: bool, world_size: int, global_batch: int,
                 capacity_gb: float, flash_attention: bool = True, text_mask_ratio: float = 0.0,
-                shard_group: int | None = None, kept_gathered_params: int = 0) -> MemoryPlan:
+                shard_group: int | None = None, kept_gathered_params: int = 0,
+                micro_batch: int | None = None) -> MemoryPlan:
     """shard_group: ranks that partition one model copy (HSDP); None = all ranks.
+    micro_batch: train.micro_batch_size (contrastive micro-batching): the towers' activations are
+    those of one micro batch, the loss still spans the whole local batch (its cached features).
     kept_gathered_params: block parameters FSDP keeps gathered from forward to backward
     (parallel.reshard_after_forward false for their tower), held in the compute dtype."""
     scheme = partition_scheme(backend, zero_stage)
@@ -236,13 +239,14 @@ def plan_memory(size: ModelSize, *, mask_ratio: float, text_length: int, precisi
         working = 0.0
     act = activation_bytes_per_sample(size, mask_ratio, text_length, precision, backend, checkpointing,
                                       flash_attention, text_mask_ratio)
-    micro = global_batch // world_size
+    local = global_batch // world_size
+    micro = min(micro_batch, local) if micro_batch else local
     states = weights + grads + master + moments + working
     gathered_features = loss_bytes(0, global_batch, size.embed_dim) / GB
     loss_per_sample = loss_bytes(1, global_batch, size.embed_dim) - loss_bytes(0, global_batch, size.embed_dim)
     per_sample = (act["total"] + act["workspace"] + loss_per_sample) / GB
     activations = act["total"] * micro / GB
-    loss = loss_bytes(micro, global_batch, size.embed_dim) / GB
+    loss = loss_bytes(local, global_batch, size.embed_dim) / GB
     workspace = act["workspace"] * micro / GB
     total = states + activations + loss + workspace
     usable = capacity_gb * USABLE_MEMORY_FRACTION
