@@ -79,7 +79,7 @@ class OpenClipEngine:
              {"params": [p for n, p in named if not exclude(n, p) and p.requires_grad], "weight_decay": t.weight_decay}],
             lr=1e-5, betas=(t.beta1, t.beta2), eps=t.eps)
         self.grad_clip = t.grad_clip
-        self.images, self.tokens = ours.images, ours.tokens
+        self.images, self.tokens = ours.batch["images"], ours.batch["tokens"]
         self.mask_ratio = 0.0
 
     def set_mask_ratio(self, ratio: float) -> None:
@@ -120,7 +120,7 @@ def run(masks: list[float], trials: int, steps: int, warmup: int, image_size: in
     log(f"parameters: ours {params['ours'] / 1e6:.1f}M, open_clip {params['open_clip'] / 1e6:.1f}M")
 
     def set_mask(m: float) -> None:
-        ours.model.mask_ratio = m
+        ours.set_mask_ratio(m)
         theirs.set_mask_ratio(m)
 
     # CPU time of this process is what the ratios use: on a machine shared with other jobs, wall
@@ -172,7 +172,7 @@ def profile(mask: float, image_size: int, batch: int, text_length: int, rows: in
 
     ours = our_engine(image_size, batch, text_length)
     theirs = OpenClipEngine(ours)
-    ours.model.mask_ratio = mask
+    ours.set_mask_ratio(mask)
     theirs.set_mask_ratio(mask)
     out = []
     for name, step in (("ours", ours.step), ("open_clip", theirs.step)):

@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from flip_scale.config import load_recipe  # noqa: E402
 from flip_scale.distributed.backends import get_backend_class  # noqa: E402
 from flip_scale.distributed.env import DistEnv, cleanup, select_device  # noqa: E402
-from flip_scale.loss import clip_loss  # noqa: E402
 from flip_scale.metrics import device_peak_flops  # noqa: E402
 from flip_scale.models import train_flops_per_sample  # noqa: E402
-from flip_scale.train.build import build_model_from_config  # noqa: E402
+from flip_scale.train.build import build_model_from_config, parallelize_and_build_optimizer  # noqa: E402
+from flip_scale.train.step import TrainStep  # noqa: E402
 
 TINY = Path(__file__).resolve().parent.parent / "recipes" / "test" / "tiny.yaml"
 
@@ -49,24 +49,27 @@ class Engine:
         model = self.model = build_model_from_config(cfg)
         self.n_patches = model.visual.num_patches
         backend = self.backend = get_backend_class(cfg.parallel.backend)(cfg, self.denv, device)
-        backend.parallelize(model)
+        parallelize_and_build_optimizer(backend, model, cfg)
         B, S, L = cfg.train.global_batch_size, cfg.data.image_size, cfg.model.text_length
         g = torch.Generator().manual_seed(0)
-        self.images = torch.randn(B, 3, S, S, generator=g).to(device)
-        self.tokens = torch.randint(1, model.size.vocab_size, (B, L), generator=g).to(device)
-        self.noise = torch.rand(B, self.n_patches, generator=g).to(device)
+        self.batch = {"images": torch.randn(B, 3, S, S, generator=g).to(device),
+                      "tokens": torch.randint(1, model.size.vocab_size, (B, L), generator=g).to(device)}
+        # The trainer's own step: masks from the data positions, named outputs, *_loss terms,
+        # backward, the device-side non-finite skip, the fused update and the logit-scale clamp.
+        self.train_step = TrainStep(backend, cfg, self.n_patches, B, 0, device)
         self.module = backend.module
         self.module.train()
+        self.steps_taken = 0
+
+    def set_mask_ratio(self, ratio: float) -> None:
+        """Another mask ratio on the same model (the step's noise follows the config)."""
+        self.model.mask_ratio = self.cfg.model.mask_ratio = ratio
+        self.train_step = TrainStep(self.backend, self.cfg, self.n_patches, self.cfg.train.global_batch_size, 0,
+                                    self.device)
 
     def step(self):
-        backend = self.backend
-        noise = self.noise if self.model.mask_ratio > 0 else None
-        with backend.autocast():
-            fi, ft, scale = self.module(self.images, self.tokens, noise)
-        loss = clip_loss(fi, ft, scale)
-        backend.backward(loss)
-        backend.step(1e-5)
-        backend.clamp_logit_scale()
+        loss, _ = self.train_step(self.batch, self.steps_taken, 1e-5)
+        self.steps_taken += 1
         return loss
 
 

@@ -6,22 +6,30 @@ Layout of train.out_dir/checkpoints/:
     .tmp_step_00000200/     a save in progress; never read, removed on the next save
 
 A checkpoint is complete when its meta.json exists; meta.json is written after every rank's
-files and before the rename, and `latest` moves only after the rename. So a kill at any moment
-leaves the previous checkpoint and pointer usable.
+files are on disk and before the rename, and `latest` moves only after the rename. So a kill at
+any moment, also during an asynchronous write, leaves the previous checkpoint and pointer usable.
+
+`Checkpointer` owns when to save (every_steps, every_minutes, the end, a stop request), how
+(synchronously, or asynchronously where the backend supports it), keep-last-k, and resuming with
+fallback past an unreadable checkpoint. It talks to the model only through the backend and to the
+run's position only through TrainState: it imports nothing from train/.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
 import torch
 import torch.distributed as dist
 
-from .distributed.env import barrier
+from .distributed.collectives import any_rank, barrier
 from .fileio import write_text_atomic
 
 META = "meta.json"
@@ -93,24 +101,64 @@ def save_checkpoint(ckpt_root: Path, step: int, backend, rank_state: dict, meta:
         tmp.mkdir(parents=True)
     barrier()
     backend.save(tmp)
-    torch.save(rank_state, tmp / f"train_state_rank{_rank()}.pt")
-    # meta.json is written durably below; make this node's payload durable first, so a crash of
+    _save_rank_state(tmp, rank_state)
+    # meta.json is written durably below; make this rank's payload durable first, so a crash of
     # the machine cannot leave a complete-looking checkpoint over truncated files.
-    os.sync()
+    fsync_own_files(tmp, _rank())
     if test_delay_s:
         import time
 
         time.sleep(test_delay_s)
     barrier()
     if _rank() == 0:
-        write_text_atomic(tmp / META, json.dumps({**meta, "step": step}, indent=1), durable=True)
-        if final.exists():  # re-saving the same step (e.g. final save right after a periodic one)
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        write_text_atomic(ckpt_root / LATEST, final.name, durable=True)
+        publish(ckpt_root, tmp, final, {**meta, "step": step})
         prune_checkpoints(ckpt_root, keep)
     barrier()
     return final
+
+
+def _save_rank_state(folder: Path, rank_state: dict) -> None:
+    path = folder / f"train_state_rank{_rank()}.pt"
+    torch.save(rank_state, path)
+
+
+# Which files of a checkpoint folder a rank wrote (so it fsyncs its own, not the whole node's
+# page cache as os.sync() did): DCP's __<rank>_*.distcp, DeepSpeed's *zero_pp_rank_<rank>_*,
+# our train_state_rank<rank>.pt; rank 0 also owns every file that names no rank
+# (.metadata, model_optim.pt, DeepSpeed's mp_rank_00_model_states.pt).
+_RANK_FILE = re.compile(r"^__(\d+)_|zero_pp_rank_(\d+)_|train_state_rank(\d+)\.")
+
+
+def fsync_own_files(folder: Path, rank: int) -> None:
+    for path in Path(folder).rglob("*"):
+        if not path.is_file():
+            continue
+        m = _RANK_FILE.search(path.name)
+        owner = int(next(g for g in m.groups() if g is not None)) if m else 0
+        if owner == rank:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(ckpt_root: Path, tmp: Path, final: Path, meta: dict) -> None:
+    """Rank 0, once every rank's files are durable: meta.json, the rename, then `latest`."""
+    write_text_atomic(tmp / META, json.dumps(meta, indent=1), durable=True)
+    if final.exists():  # re-saving the same step (e.g. final save right after a periodic one)
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(ckpt_root)
+    write_text_atomic(ckpt_root / LATEST, final.name, durable=True)
 
 
 def prune_checkpoints(ckpt_root: Path, keep: int) -> None:
@@ -120,6 +168,12 @@ def prune_checkpoints(ckpt_root: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
     for stale in ckpt_root.glob(".tmp_step_*"):
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def prune_stale_tmp(ckpt_root: Path, keep_name: str | None = None) -> None:
+    for stale in Path(ckpt_root).glob(".tmp_step_*"):
+        if stale.name != keep_name:
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def load_rank_state(ckpt: Path, rank: int) -> dict | None:
@@ -153,20 +207,154 @@ def read_full_weights(ckpt: Path) -> dict:
     return get_backend_class(meta.get("backend", "single")).read_full_weights(Path(ckpt))
 
 
-def load_for_inference(path, device="cpu"):
-    """(model in eval mode, tokenizer, eval transform) from a run dir or a checkpoint."""
-    import yaml
+class ResumeMismatch(ValueError):
+    """The run directory's checkpoint was written by another setup (backend, world size)."""
 
-    from .config import config_from_dict
-    from .data.tokenizer import load_tokenizer
-    from .data.transforms import eval_transform
-    from .train.build import build_model_from_config, tokenizer_spec_for_run
 
-    ckpt = resolve_checkpoint(path)
-    run_dir = ckpt.parent.parent
-    cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml"))
-    tokenizer = load_tokenizer(tokenizer_spec_for_run(cfg, run_dir), cfg.model.text_length)
-    model = build_model_from_config(cfg, tokenizer.vocab_size)
-    model.load_state_dict(read_full_weights(ckpt))
-    model.to(device).eval()
-    return model, tokenizer, eval_transform(cfg.data.image_size)
+# Test-only fault injection: seconds to pause after a save's files are written and before it is
+# published, so a test can kill the run there (README "Fault tolerance").
+SAVE_DELAY_ENV = "FLIP_SCALE_TEST_SAVE_DELAY_S"
+
+
+class Checkpointer:
+    """When and how a run's checkpoints are written, kept and resumed from.
+
+    Intervals: `every_steps`, and `every_minutes` of wall time (agreed between ranks on log
+    steps, where the trainer already reduces its metrics: see `due`), the last step, a stop
+    request. Asynchronous saves (backends with `supports_async_save`, i.e. FSDP/DCP): training
+    waits only while the state is copied to host memory (pinned on GPUs); the write runs in a
+    background thread on a gloo group of its own, each rank fsyncs its own files, and rank 0
+    publishes (meta.json, rename, `latest`) and prunes only after every rank's write finished.
+    One save is in flight at a time: the next save, or `finalize`, waits for it first.
+    """
+
+    def __init__(self, ckpt_root: Path, backend, state, cfg, meta: dict, log=print):
+        self.root = Path(ckpt_root)
+        self.backend, self.state, self.log = backend, state, log
+        c = cfg.checkpoint
+        self.every_steps, self.every_minutes, self.keep = c.every_steps, c.every_minutes, c.keep
+        self.meta = meta  # static fields (world size, backend, batch) added to every meta.json
+        self.async_mode = bool(c.async_save) and getattr(backend, "supports_async_save", False)
+        if c.async_save and not self.async_mode:
+            log(f"checkpoint.async_save: parallel.backend={cfg.parallel.backend} saves synchronously "
+                f"(asynchronous checkpoints are FSDP-only)")
+        self.test_delay_s = float(os.environ.get(SAVE_DELAY_ENV, "0") or 0)
+        self.last_save_time = time.time()
+        self.blocked_s: list[float] = []  # seconds training waited per save (bench, metrics)
+        self._pending: Future | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="ckpt-publish") if self.async_mode else None
+        self._async_ctx = backend.async_save_context() if self.async_mode else None
+
+    # -- when -------------------------------------------------------------------------------
+    def time_due(self) -> bool:
+        """This rank's view of the wall-clock interval; the trainer agrees it across ranks."""
+        return bool(self.every_minutes) and time.time() - self.last_save_time >= 60.0 * self.every_minutes
+
+    def step_due(self, step: int) -> bool:
+        return bool(self.every_steps) and step % self.every_steps == 0
+
+    def maybe_save(self, step: int, force: bool = False, time_due: bool = False) -> Path | None:
+        if force or time_due or self.step_due(step):
+            return self.save(step)
+        return None
+
+    # -- how --------------------------------------------------------------------------------
+    def save(self, step: int) -> Path:
+        """Collective. Returns the folder the checkpoint will have once published."""
+        t0 = time.time()
+        self.wait()  # the previous asynchronous save: one in flight at a time
+        final = self.root / step_name(step)
+        tmp = self.root / f".tmp_{step_name(step)}"
+        meta = {**self.meta, **self.state.global_state()}
+        if not self.async_mode:
+            save_checkpoint(self.root, step, self.backend, self.state.rank_state(), meta, self.keep,
+                            test_delay_s=self.test_delay_s)
+        else:
+            if _rank() == 0:
+                self.root.mkdir(parents=True, exist_ok=True)
+                prune_stale_tmp(self.root)
+                tmp.mkdir(parents=True)
+            barrier()
+            _save_rank_state(tmp, self.state.rank_state())
+            fsync_own_files(tmp, _rank())  # small; done before the DCP write, whose files DCP fsyncs
+            # Returns once the state is staged in host memory; the write goes on in a thread.
+            upload = self.backend.save_async(tmp, self._async_ctx)
+            self._pending = self._executor.submit(self._finish_async, upload, tmp, final, meta)
+        self.last_save_time = time.time()
+        self.blocked_s.append(time.time() - t0)
+        return final
+
+    def _finish_async(self, upload: Future, tmp: Path, final: Path, meta: dict) -> None:
+        upload.result()  # DCP's finish gathers every rank's write results: all ranks are done
+        if self.test_delay_s:
+            time.sleep(self.test_delay_s)
+        if _rank() == 0:
+            publish(self.root, tmp, final, meta)
+            prune_checkpoints(self.root, self.keep)
+
+    def wait(self) -> None:
+        """Block until the asynchronous save in flight (if any) is published; re-raise its error."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def finalize(self) -> None:
+        """Wait for the last save and release the staging buffers (end of run, stop, error)."""
+        try:
+            self.wait()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+            if self._async_ctx is not None:
+                self._async_ctx.close()
+                self._async_ctx = None
+
+    # -- resume -----------------------------------------------------------------------------
+    def resume(self, world_size: int, backend_name: str, supports_resharding: bool,
+               is_collective_failure=lambda e: False) -> Path | None:
+        """Resume from the newest complete checkpoint whose files load on every rank. One that
+        fails to load (truncated payload after a node crash) is reported, set aside and the next
+        older one is tried; all ranks agree on the outcome, so they resume from the same step."""
+        tried = False
+        for ckpt in complete_checkpoints(self.root, log=self.log):
+            tried = True
+            try:
+                self._load(ckpt, world_size, backend_name, supports_resharding)
+                error = ""
+            except ResumeMismatch:
+                raise  # a recipe / world-size mismatch: the user's call, not a damaged file
+            except Exception as e:  # noqa: BLE001 - torch.load, DCP and DeepSpeed raise many types
+                if dist.is_initialized() and is_collective_failure(e):
+                    raise
+                error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            if not any_rank(torch.tensor([float(bool(error))]))[0]:
+                return ckpt
+            self.log(f"checkpoint {ckpt} cannot be loaded ({error or 'on another rank'}); "
+                     f"setting it aside and falling back to an earlier one")
+            if _rank() == 0:
+                set_aside(ckpt)
+            barrier()
+        if tried:
+            raise ValueError(f"{self.root}: no checkpoint could be loaded (all set aside as unreadable_*); "
+                             f"move them away to start the run afresh")
+        return None
+
+    def _load(self, ckpt: Path, world_size: int, backend_name: str, supports_resharding: bool) -> None:
+        meta = read_meta(ckpt)
+        old_world = int(meta.get("world_size", world_size))
+        if old_world != world_size and not supports_resharding:
+            raise ResumeMismatch(f"{ckpt}: saved by {old_world} ranks with parallel.backend={backend_name}, "
+                                 f"which resumes only at the same world size (now {world_size}); "
+                                 f"relaunch with {old_world} ranks")
+        if meta.get("backend", backend_name) != backend_name:
+            raise ResumeMismatch(f"{ckpt}: saved by parallel.backend={meta.get('backend')}, this run uses "
+                                 f"{backend_name}; use train.init_from to start from its weights")
+        self.backend.load(ckpt)
+        # Elastic resume reads a surviving rank's state: the synthetic position is global and the
+        # loader re-deals shard streams itself; RNG streams are per rank and cannot carry over.
+        rank_state = load_rank_state(ckpt, min(_rank(), old_world - 1))
+        self.state.load(meta, rank_state, same_world_size=old_world == world_size)
+        if old_world != world_size:
+            self.log(f"world size changed {old_world} -> {world_size}: same global batch, "
+                     f"data position carried over, per-rank RNG reseeded")
+        self.last_save_time = time.time()

@@ -48,7 +48,9 @@ def cmd_train(args) -> int:
         return _error(_one_line(e))
     except RuntimeError as e:
         if "a collective failed" in str(e):
-            return _error(str(e).splitlines()[0])
+            # Not a configuration error: exit 1 (not 2), so slurm/common.sh requeues the job.
+            _error(str(e).splitlines()[0])
+            return 1
         raise
     return 0
 

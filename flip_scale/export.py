@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .data.transforms import MEAN, STD
-from .models.towers import LayerNorm
+from .models.towers import GELU, LayerNorm
 
 POOL_TYPES = {"mean_patches": "avg", "cls": "tok", "mean_all": "avg"}
 MEAN_ALL_NOTE = ("image_pool mean_all (FLIP's) averages all tokens including cls; open_clip's 'avg' pool "
@@ -43,14 +43,17 @@ def open_clip_config(model) -> dict:
     """model_cfg for open_clip.CLIP(**cfg) describing a FlipModel."""
     s, pool = model.size, model.visual.image_pool
     eps = {"eps": LayerNorm.keywords["eps"]}  # FLIP/Flax LayerNorm epsilon 1e-6, not torch's 1e-5
+    # Our blocks use flax's tanh GELU; open_clip's nn.GELU takes the same keyword via act_kwargs.
+    act = dict(GELU.keywords)
     vision = {"image_size": s.image_size, "layers": s.vision_layers, "width": s.vision_width,
               "head_width": s.vision_width // s.vision_heads, "patch_size": s.patch_size,
               "mlp_ratio": s.mlp_ratio, "no_ln_pre": True, "pos_embed_type": "sin_cos_2d",
-              "pool_type": POOL_TYPES[pool], "final_ln_after_pool": False, "norm_kwargs": eps}
+              "pool_type": POOL_TYPES[pool], "final_ln_after_pool": False, "norm_kwargs": eps,
+              "act_kwargs": act}
     text = {"context_length": s.text_length, "vocab_size": s.vocab_size, "width": s.text_width,
             "heads": s.text_heads, "layers": s.text_layers, "mlp_ratio": s.mlp_ratio,
             "no_causal_mask": True, "pool_type": "first", "proj_bias": False, "pad_id": 0,
-            "final_ln_after_pool": False, "norm_kwargs": eps}
+            "final_ln_after_pool": False, "norm_kwargs": eps, "act_kwargs": act}
     return {"embed_dim": s.embed_dim, "quick_gelu": False, "vision_cfg": vision, "text_cfg": text}
 
 
@@ -124,7 +127,6 @@ def embedding_agreement(model, oc, batch: int = 8, seed: int = 0) -> dict:
     s = model.size
     images = torch.randn(batch, 3, s.image_size, s.image_size, generator=g)
     tokens = torch.randint(5, s.vocab_size, (batch, s.text_length), generator=g)
-    tokens[:, 0] = 2  # [CLS] first, as our tokenizer writes it
     was_training = model.training
     model.eval()
     img = F.cosine_similarity(model.encode_image(images), oc.encode_image(images, normalize=True)).min()
@@ -165,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main_export(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from .checkpoint import load_for_inference, resolve_checkpoint
+    from .checkpoint import resolve_checkpoint
+    from .run_dir import load_for_inference
 
     try:
         ckpt = resolve_checkpoint(args.checkpoint)

@@ -1,7 +1,7 @@
 """`flip-scale launch`: snapshot a run (resolved config + code) and submit it to Slurm.
 
     flip-scale launch RECIPE [key=value ...] --template slurm/X.sh [--out DIR] [--tune TUNE_RECIPE]
-                      [--dry-run] [--sbatch-arg=ARG ...]
+                      [--dry-run] [--sbatch-arg=ARG ...] [--max-restarts N] [--keep-failed-nodes]
     flip-scale launch --study DIR_OR_LIST [key=value ...] --template slurm/X.sh --out-root ROOT
 
 A launch makes the run directory self-contained, the way lingua's stool does: RUN/config.yaml is
@@ -114,7 +114,8 @@ def last_job_id(run_dir: Path):
 
 
 def submit(recipe: str, overrides: list[str], template: Path, run_dir: Path | None, sbatch_args: list[str],
-           dry_run: bool, dependency: str | None = None, job_name: str | None = None) -> tuple[int | None, Path]:
+           dry_run: bool, dependency: str | None = None, job_name: str | None = None,
+           failure_env: dict | None = None) -> tuple[int | None, Path]:
     """Resolve, snapshot and sbatch one run. Returns (job id or None for a dry run, run dir)."""
     from .config import load_recipe, write_config
 
@@ -129,7 +130,7 @@ def submit(recipe: str, overrides: list[str], template: Path, run_dir: Path | No
         cmd.append(f"--dependency={dependency}")
     cmd += list(sbatch_args)
     env = {"FLIP_RECIPE": str(run_dir / "config.yaml"), "FLIP_OUT": str(run_dir),
-           "FLIP_HOME": str(run_dir / "code"), "FLIP_OVERRIDES": "", **_python_env()}
+           "FLIP_HOME": str(run_dir / "code"), "FLIP_OVERRIDES": "", **_python_env(), **(failure_env or {})}
     cmd.append(str(run_dir / "code" / "slurm" / template.name))
     shown = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + shlex.join(cmd)
     if dry_run:
@@ -166,7 +167,7 @@ def study_rows(spec: str) -> list[Path]:
 
 
 def launch_study(spec: str, overrides: list[str], template: Path, out_root: Path, sbatch_args: list[str],
-                 dry_run: bool) -> dict:
+                 dry_run: bool, failure_env: dict | None = None) -> dict:
     """Submit every unfinished row; returns {row: job id | 'finished' | 'queued' | None (dry run)}."""
     result = {}
     for recipe in study_rows(spec):
@@ -183,7 +184,7 @@ def launch_study(spec: str, overrides: list[str], template: Path, out_root: Path
             result[row] = "queued"
             continue
         result[row], _ = submit(str(recipe), overrides, template, run_dir, sbatch_args, dry_run,
-                                job_name=f"flip-{row}")
+                                job_name=f"flip-{row}", failure_env=failure_env)
     return result
 
 
@@ -205,8 +206,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-root", help="with --study: run directories are OUT_ROOT/ROW")
     p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
                    help="extra sbatch option, repeatable (e.g. --sbatch-arg=--nodes=8 --sbatch-arg=--account=X)")
+    p.add_argument("--max-restarts", type=int, metavar="N",
+                   help="requeue after up to N failures of the job (FLIP_MAX_RESTARTS; slurm/common.sh default 5)")
+    p.add_argument("--keep-failed-nodes", action="store_true",
+                   help="do not exclude the node of a failed task from the requeued job (FLIP_EXCLUDE_FAILED_NODES=0)")
     p.add_argument("--dry-run", action="store_true", help="print what would be submitted; write nothing")
     return p
+
+
+def _failure_env(args) -> dict:
+    """slurm/common.sh's failure handling settings, as environment for sbatch (recorded in launch.json)."""
+    env = {}
+    if args.max_restarts is not None:
+        if args.max_restarts < 0:
+            raise LaunchError(f"--max-restarts must be >= 0, got {args.max_restarts}")
+        env["FLIP_MAX_RESTARTS"] = str(args.max_restarts)
+    if args.keep_failed_nodes:
+        env["FLIP_EXCLUDE_FAILED_NODES"] = "0"
+    return env
 
 
 def main_launch(argv: list[str]) -> int:
@@ -215,6 +232,7 @@ def main_launch(argv: list[str]) -> int:
     args = build_parser().parse_intermixed_args(argv)
     try:
         template = resolve_template(args.template)
+        failure_env = _failure_env(args)
         if args.study:
             if args.recipe:  # with --study every positional is an override
                 args.overrides.insert(0, args.recipe)
@@ -222,18 +240,20 @@ def main_launch(argv: list[str]) -> int:
                 raise LaunchError("--study needs --out-root (run directories are OUT_ROOT/ROW)")
             if args.tune or args.out:
                 raise LaunchError("--tune and --out apply to a single run, not to --study")
-            launch_study(args.study, args.overrides, template, Path(args.out_root), args.sbatch_arg, args.dry_run)
+            launch_study(args.study, args.overrides, template, Path(args.out_root), args.sbatch_arg, args.dry_run,
+                         failure_env)
             return 0
         if not args.recipe:
             raise LaunchError("give a RECIPE or --study DIR_OR_LIST")
         if "=" in args.recipe and not Path(args.recipe).is_file():
             raise LaunchError(f"the first argument must be a recipe file, got {args.recipe!r}")
-        job_id, run_dir = submit(args.recipe, args.overrides, template, args.out, args.sbatch_arg, args.dry_run)
+        job_id, run_dir = submit(args.recipe, args.overrides, template, args.out, args.sbatch_arg, args.dry_run,
+                                 failure_env=failure_env)
         if args.tune:
             tune_out = args.tune_out or (f"{run_dir}_tune" if args.out else None)
             dep = f"afterok:{job_id}" if job_id is not None else "afterok:<JOBID>"
             submit(args.tune, [*args.tune_override, f"train.init_from={run_dir}"], template, tune_out, args.sbatch_arg,
-                   args.dry_run, dependency=dep)
+                   args.dry_run, dependency=dep, failure_env=failure_env)
     except (LaunchError, ConfigError, FileNotFoundError) as e:
         print(f"flip-scale launch: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2

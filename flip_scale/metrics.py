@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from .run_dir import RunDir
+
 # Dense bf16 peak by datasheet (FLIP_FACTS.md "Throughput anchors"); fp32 runs use TF32 peaks.
 PEAK_FLOPS = {
     "h100": {"bf16": 989e12, "fp32": 494e12},
@@ -37,11 +39,11 @@ class MetricsWriter:
         self._tb = None
         if enabled:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            self._jsonl = open(self.out_dir / "metrics.jsonl", "a")
+            self._jsonl = open(RunDir(self.out_dir).metrics, "a")
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(self.out_dir / "tb"))
+                self._tb = SummaryWriter(str(RunDir(self.out_dir).tensorboard))
             except ImportError:  # tensorboard is a core dependency; degrade rather than die
                 self._tb = None
 

@@ -1,7 +1,10 @@
 """`flip-scale plan RECIPE --nodes N --gpus-per-node G --gpu h100|a100|h200`: what a run costs.
 
 FLOPs, wall-clock and GPU-days at a stated utilisation, memory per GPU with and without
-activation checkpointing, whether it fits and the largest micro batch that does. The numbers
+activation checkpointing, whether it fits and the largest micro batch that does; then what
+the layout costs besides compute: communication per step (bytes, exposed time), the data
+loader's CPU cores, checkpoint size / files / write time and the Young/Daly interval, and the
+total wall-clock that adds them up. The numbers
 come from flip_scale/planning/; this module only loads the recipe, calls them and prints.
 """
 from __future__ import annotations
@@ -14,10 +17,17 @@ from .config import ConfigError, load_recipe
 from .config.schema import Config
 from .models.masking import num_text_kept
 from .models.sizes import get_size
+from .planning.comm import Layout, Link, gbps_to_bytes, plan_comm
 from .planning.compute import DEFAULT_MFU, plan_compute
 from .planning.hardware import GPUS, get_gpu
-from .planning.memory import param_counts, plan_memory
+from .planning.memory import param_counts, plan_memory, resolve_reshard
 from .planning.paper import format_story
+from .planning.runtime import (DEFAULT_FAILURES_PER_NODE_DAY, DEFAULT_RESTART_MIN, LOADER_IMAGES_PER_CORE,
+                               checkpoint_cost, cores_per_gpu, loader_samples_per_s, plan_runtime)
+
+DEFAULT_LINK_GBPS = 400.0   # one 400 Gb/s NIC per GPU (H100 clusters: ConnectX-7 / NDR InfiniBand)
+DEFAULT_CPUS_PER_GPU = 12   # e.g. 96-112 usable cores on an 8-GPU node
+DEFAULT_FS_GBPS = 100.0     # aggregate filesystem write bandwidth for the job
 
 
 def load_plan_config(path: str, overrides: list[str], world_size: int) -> Config:
@@ -26,8 +36,44 @@ def load_plan_config(path: str, overrides: list[str], world_size: int) -> Config
     return load_recipe(path, overrides, world_size=world_size, check_files=False)
 
 
+def layout_of(cfg: Config, world: int, gpus_per_node: int, capacity_gb: float | None = None) -> Layout:
+    """The recipe's parallel section as the communication model sees it."""
+    p = cfg.parallel
+    shard = p.shard_group_size
+    # auto: decided against the card's memory, as the backend does at start-up
+    reshard = resolve_reshard(cfg, world, capacity_gb)
+    bucket_mb = p.bucket_mb
+    return Layout(backend=p.backend, world=world, gpus_per_node=gpus_per_node, precision=p.precision,
+                  zero_stage=p.zero_stage, shard_group=shard if shard and shard < world else None,
+                  reshard_after_forward=tuple(sorted(reshard.items())),
+                  blocks_per_unit=p.blocks_per_unit,
+                  overlap_comm=p.overlap_comm,
+                  bucket_bytes=bucket_mb * 1e6 if bucket_mb else None,
+                  overlap_loss_gather=bool(getattr(p, "overlap_loss_gather", False)))
+
+
+def _alternative_layouts(layout: Layout) -> dict[str, Layout]:
+    from dataclasses import replace
+
+    # The recipe's own knobs (reshard, units, overlap_comm, buckets) carry over to the others.
+    base = replace(layout, shard_group=None, zero_stage=None)
+    out = {"ddp": replace(base, backend="ddp"), "fsdp (flat)": replace(base, backend="fsdp")}
+    if layout.world > layout.gpus_per_node:
+        out[f"hsdp, groups of {layout.gpus_per_node} (a node)"] = replace(base, backend="fsdp",
+                                                                        shard_group=layout.gpus_per_node)
+    for stage in (1, 2, 3):
+        out[f"deepspeed zero{stage}"] = replace(base, backend="deepspeed", zero_stage=stage)
+    out["deepspeed zero2, DeepSpeed defaults"] = replace(base, backend="deepspeed", zero_stage=2,
+                                                                     overlap_comm=False, bucket_bytes=None)
+    return out
+
+
 def make_plan(cfg: Config, nodes: int, gpus_per_node: int, gpu: str, mfu: float = DEFAULT_MFU,
-              gpu_memory_gb: float | None = None, flash_attention: bool = True) -> dict:
+              gpu_memory_gb: float | None = None, flash_attention: bool = True,
+              link_gbps: float = DEFAULT_LINK_GBPS, nvlink_gbps: float | None = None,
+              cpus_per_gpu: int = DEFAULT_CPUS_PER_GPU, fs_gbps: float = DEFAULT_FS_GBPS,
+              failures_per_node_day: float = DEFAULT_FAILURES_PER_NODE_DAY,
+              restart_min: float = DEFAULT_RESTART_MIN) -> dict:
     m, t, p = cfg.model, cfg.train, cfg.parallel
     world = nodes * gpus_per_node
     spec = get_gpu(gpu, gpu_memory_gb)
@@ -37,11 +83,50 @@ def make_plan(cfg: Config, nodes: int, gpus_per_node: int, gpu: str, mfu: float 
                                 gpus=world, peak_flops_per_gpu=peak, mfu=mfu, checkpointing=ck,
                                 text_mask_ratio=m.text_mask_ratio)
                for ck in (False, True)}
+    layout = layout_of(cfg, world, gpus_per_node, spec.memory_gb)
+    counts = param_counts(size)
+    kept = 0 if p.backend != "fsdp" else sum(counts[f"{t}_block"] * counts[f"{t}_layers"]
+                                             for t in ("image", "text") if not layout.reshards(t))
     memory = {ck: plan_memory(size, mask_ratio=m.mask_ratio, text_length=m.text_length, precision=p.precision,
                               text_mask_ratio=m.text_mask_ratio, backend=p.backend, zero_stage=p.zero_stage, checkpointing=ck, world_size=world,
                               global_batch=t.global_batch_size, capacity_gb=spec.memory_gb,
-                              flash_attention=flash_attention)
+                              flash_attention=flash_attention, shard_group=layout.shard_group,
+                              kept_gathered_params=kept)
               for ck in (False, True)}
+    # One step's compute at the assumed utilisation, split into the phases communication hides under.
+    c = compute[p.activation_checkpointing]
+    micro = t.global_batch_size // world
+    rate = peak * mfu
+    compute_s = micro * c.hardware_flops_per_sample / rate
+    forward_s = micro * c.forward_gflops["total"] * 1e9 / rate
+    image_forward_s = micro * c.forward_gflops["image"] * 1e9 / rate
+    link = Link(gbps_to_bytes(link_gbps), gbps_to_bytes(nvlink_gbps or spec.nvlink_gbps))
+    comm = plan_comm(layout, counts, t.global_batch_size, size.embed_dim, link, forward_s, compute_s - forward_s,
+                     image_forward_s)
+    # The same step under the other layouts, for comparison (same hardware, same batch).
+    alternatives = {}
+    for name, alt in _alternative_layouts(layout).items():
+        a = plan_comm(alt, counts, t.global_batch_size, size.embed_dim, link, forward_s, compute_s - forward_s,
+                      image_forward_s)
+        alternatives[name] = {"bytes_per_rank": a.bytes_per_rank, "network_bytes_per_rank": a.network_bytes_per_rank,
+                              "exposed_s": a.exposed_s}
+    gpu_step_s = compute_s + comm.exposed_s
+    # The loader runs in its own processes beside the step: it limits the step only if slower.
+    feed = loader_samples_per_s(cpus_per_gpu)
+    data_s = micro / feed if feed > 0 else float("inf")
+    step_s = max(gpu_step_s, data_s)
+    steps = t.samples // t.global_batch_size
+    ckpt = checkpoint_cost(p.backend, p.zero_stage, p.precision, counts["total"], world, gbps_to_bytes(fs_gbps))
+    run = plan_runtime(step_s, steps, cfg.checkpoint.every_steps, ckpt.write_s, nodes, failures_per_node_day,
+                       restart_min * 60)
+    step = {"compute_s": compute_s, "forward_s": forward_s, "image_forward_s": image_forward_s,
+            "comm_exposed_s": comm.exposed_s, "gpu_step_s": gpu_step_s, "data_s": data_s, "step_s": step_s,
+            "data_bound": data_s > gpu_step_s, "micro_batch": micro}
+    loader = {"images_per_core": LOADER_IMAGES_PER_CORE, "samples_per_s_per_gpu": micro / gpu_step_s,
+              "cores_per_gpu_needed": cores_per_gpu(micro / gpu_step_s), "cpus_per_gpu": cpus_per_gpu,
+              "loader_samples_per_s_per_gpu": feed}
+    total = {"wall_s": run.total_s, "gpu_days": run.total_s * world / 86400,
+             "vs_compute": run.total_s / c.wall_s}
     return {
         "recipe": getattr(cfg, "_recipe", None), "model": m.name, "mask_ratio": m.mask_ratio,
         "text_length": m.text_length, "text_mask_ratio": m.text_mask_ratio, "image_size": cfg.data.image_size,
@@ -54,6 +139,15 @@ def make_plan(cfg: Config, nodes: int, gpus_per_node: int, gpu: str, mfu: float 
         "compute": compute[p.activation_checkpointing].as_dict(),
         "compute_other_checkpointing": compute[not p.activation_checkpointing].as_dict(),
         "memory": {"no_checkpointing": memory[False].as_dict(), "checkpointing": memory[True].as_dict()},
+        "link": {"link_gbps": link_gbps, "nvlink_gbps": nvlink_gbps or spec.nvlink_gbps},
+        "layout": {"scheme": layout.scheme, "shard_group": layout.shard_group,
+                   "reshard_after_forward": dict(layout.reshard_after_forward), "blocks_per_unit": layout.blocks_per_unit,
+                   "overlap_comm": layout.overlap_comm, "overlap_loss_gather": layout.overlap_loss_gather},
+        "reshard_setting": str(p.reshard_after_forward).lower(),
+        "comm": comm.as_dict(), "comm_alternatives": alternatives, "step": step, "loader": loader,
+        "checkpoint": {**ckpt.as_dict(), "fs_gbps": fs_gbps, "every_steps": cfg.checkpoint.every_steps},
+        "runtime": {**run.as_dict(), "failures_per_node_day": failures_per_node_day, "restart_min": restart_min},
+        "total": total,
     }
 
 
@@ -107,7 +201,75 @@ def format_plan(plan: dict) -> str:
         hint = ("turn on parallel.activation_checkpointing" if not ck and b["fits"]
                 else "use more GPUs (a contrastive batch must not be split by gradient accumulation)")
         lines.append(f"  does NOT fit as configured: {hint}")
+    if "comm" in plan:
+        lines += [""] + format_costs(plan)
     return "\n".join(lines)
+
+
+def _gb(x: float) -> str:
+    return f"{x / 1e9:.2f} GB" if x >= 1e8 else f"{x / 1e6:.1f} MB"
+
+
+def _ms(x: float) -> str:
+    return f"{x * 1e3:.0f} ms" if x >= 0.01 else f"{x * 1e3:.1f} ms"
+
+
+def _layout_label(plan: dict) -> str:
+    lay = plan["layout"]
+    if lay["scheme"] == "hsdp":
+        g = lay["shard_group"]
+        return f"hsdp: {plan['world_size'] // g} copies x {g} ranks"
+    return f"{lay['scheme']} over {plan['world_size']} ranks"
+
+
+def format_costs(plan: dict) -> list[str]:
+    """Communication, data loader, checkpoints and the total wall-clock (the plan's second half)."""
+    cm, st, ld, ck, rt, tot = (plan[k] for k in ("comm", "step", "loader", "checkpoint", "runtime", "total"))
+    lay, link = plan["layout"], plan["link"]
+    knobs = []
+    if lay["scheme"] in ("fsdp", "hsdp"):
+        r = lay["reshard_after_forward"]
+        knobs.append("reshard after forward: " + ", ".join(f"{t} {'yes' if r[t] else 'no'}" for t in ("image", "text"))
+                     + f" [{plan['reshard_setting']}], {lay['blocks_per_unit']} text block(s) per unit")
+    if lay["scheme"] in ("zero1", "zero2"):
+        knobs.append(f"overlap_comm {str(lay['overlap_comm']).lower()}")
+    lines = [f"communication per step and rank ({_layout_label(plan)}{'; ' + ', '.join(knobs) if knobs else ''}; "
+             f"{link['link_gbps']:g} Gb/s network per GPU [--link-gbps], NVLink {link['nvlink_gbps']:g} Gb/s "
+             f"[--nvlink-gbps]; NCCL ring model):"]
+    for c in cm["collectives"]:
+        where = f"{c['nodes']} nodes" if c["nodes"] > 1 else "NVLink"
+        lines.append(f"  {c['name']:50s}{_gb(c['bytes_per_rank']):>10s}{c['calls']:5d} calls  "
+                     f"group {c['group']:4d} ({where}){_ms(c['seconds']):>10s}")
+    parts = ", ".join(f"{k} {_ms(v)}" for k, v in cm["exposed_parts"].items())
+    lines.append(f"  total {_gb(cm['bytes_per_rank'])} ({_gb(cm['network_bytes_per_rank'])} across nodes), "
+                 f"{_ms(cm['seconds'])} back to back; exposed {_ms(cm['exposed_s'])} ({parts})")
+    if plan.get("comm_alternatives"):
+        lines.append(f"  {'other layouts, same run:':42s}{'bytes/rank':>12s}{'across nodes':>14s}{'exposed':>10s}")
+        for name, a in plan["comm_alternatives"].items():
+            lines.append(f"    {name:40s}{_gb(a['bytes_per_rank']):>12s}{_gb(a['network_bytes_per_rank']):>14s}"
+                         f"{_ms(a['exposed_s']):>10s}")
+    lines.append(f"step: compute {_ms(st['compute_s'])} (micro batch {st['micro_batch']}, {plan['mfu']:.0%} MFU) + "
+                 f"exposed communication {_ms(st['comm_exposed_s'])} = {_ms(st['gpu_step_s'])}"
+                 + (f"; the loader needs {_ms(st['data_s'])}: DATA-BOUND" if st["data_bound"] else ""))
+    enough = ld["cpus_per_gpu"] >= ld["cores_per_gpu_needed"]
+    lines.append(f"data loader: {ld['samples_per_s_per_gpu']:,.0f} samples/s per GPU needs {ld['cores_per_gpu_needed']} "
+                 f"CPU cores per GPU ({ld['images_per_core']:.0f} images/s per core, BENCHMARKS.md, + 1 for the "
+                 f"trainer); {ld['cpus_per_gpu']} available [--cpus-per-gpu]: "
+                 + ("enough" if enough else f"NOT enough, the loader caps a GPU at "
+                                            f"{ld['loader_samples_per_s_per_gpu']:,.0f} samples/s"))
+    lines.append(f"checkpoint: {_gb(ck['bytes'])}, {ck['files']:,} files, {ck['write_s']:.1f} s to write at "
+                 f"{ck['fs_gbps']:g} Gb/s [--fs-gbps]; every {ck['every_steps']} steps = "
+                 f"{rt['interval_s'] / 60:.1f} min, {rt['checkpoints']} in the run ({_duration(rt['checkpoint_s'])})")
+    if rt["mtbf_s"] != float("inf"):
+        daly_steps = rt["daly_interval_s"] / st["step_s"]
+        lines.append(f"failures: job MTBF {rt['mtbf_s'] / 3600:.1f} h at {rt['failures_per_node_day']:g} failures per "
+                     f"node-day [--failures-per-node-day]; expected {rt['expected_failures']:.1f} failures, "
+                     f"{_duration(rt['lost_s'])} lost (half an interval + {rt['restart_min']:g} min restart each); "
+                     f"Young/Daly interval {rt['daly_interval_s'] / 60:.1f} min = {daly_steps:,.0f} steps "
+                     f"(total there {_duration(rt['daly_total_s'])})")
+    lines.append(f"total wall-clock: {_duration(tot['wall_s'])} ({tot['gpu_days']:,.0f} GPU-days), "
+                 f"{tot['vs_compute']:.2f}x the compute-only {_duration(plan['compute']['wall_s'])}")
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,6 +284,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"assumed utilisation of the dense peak (default {DEFAULT_MFU})")
     ap.add_argument("--attention", choices=("flash", "math"), default="flash",
                     help="fused attention (no N^2 activations; the default on GPUs) or the math kernel")
+    ap.add_argument("--link-gbps", type=float, default=DEFAULT_LINK_GBPS,
+                    help=f"network bandwidth per GPU, Gb/s (default {DEFAULT_LINK_GBPS:g})")
+    ap.add_argument("--nvlink-gbps", type=float, default=None,
+                    help="intra-node bandwidth per GPU and direction, Gb/s (default: the GPU's NVLink)")
+    ap.add_argument("--cpus-per-gpu", type=int, default=DEFAULT_CPUS_PER_GPU,
+                    help=f"CPU cores per GPU for the data loader (default {DEFAULT_CPUS_PER_GPU})")
+    ap.add_argument("--fs-gbps", type=float, default=DEFAULT_FS_GBPS,
+                    help=f"aggregate filesystem write bandwidth, Gb/s (default {DEFAULT_FS_GBPS:g})")
+    ap.add_argument("--failures-per-node-day", type=float, default=DEFAULT_FAILURES_PER_NODE_DAY,
+                    help=f"expected failures per node and day (default {DEFAULT_FAILURES_PER_NODE_DAY:g}, "
+                         "Llama 3's rate)")
+    ap.add_argument("--restart-min", type=float, default=DEFAULT_RESTART_MIN,
+                    help=f"minutes from a failure to training again (default {DEFAULT_RESTART_MIN:g})")
     ap.add_argument("--json", action="store_true", help="print the plan as JSON instead of text")
     ap.add_argument("--paper", action="store_true", help="also print the paper's cost story, recomputed")
     return ap
@@ -132,10 +307,19 @@ def main_plan(argv: list[str]) -> int:
     if args.nodes < 1 or args.gpus_per_node < 1:
         print("flip-scale plan: error: --nodes and --gpus-per-node must be positive", file=sys.stderr)
         return 2
+    for flag in ("link_gbps", "fs_gbps", "cpus_per_gpu"):
+        if getattr(args, flag) <= 0:
+            print(f"flip-scale plan: error: --{flag.replace('_', '-')} must be positive", file=sys.stderr)
+            return 2
+    if args.nvlink_gbps is not None and args.nvlink_gbps <= 0:
+        print("flip-scale plan: error: --nvlink-gbps must be positive", file=sys.stderr)
+        return 2
     try:
         cfg = load_plan_config(args.recipe, args.overrides, args.nodes * args.gpus_per_node)
         plan = make_plan(cfg, args.nodes, args.gpus_per_node, args.gpu, args.mfu, args.gpu_memory_gb,
-                         args.attention == "flash")
+                         args.attention == "flash", link_gbps=args.link_gbps, nvlink_gbps=args.nvlink_gbps,
+                         cpus_per_gpu=args.cpus_per_gpu, fs_gbps=args.fs_gbps,
+                         failures_per_node_day=args.failures_per_node_day, restart_min=args.restart_min)
     except (ConfigError, ValueError) as e:
         print(f"flip-scale plan: error: {e}", file=sys.stderr)
         return 2

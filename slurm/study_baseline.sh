@@ -5,7 +5,7 @@
 # Hardware:  32 nodes x 8 GPUs, one task per GPU; `flip-scale plan recipes/studies/l16_laion400m_12.8b.yaml --nodes 32
 #            --gpus-per-node 8 --gpu h100` planned
 #            8.0h wall-clock, 85 GPU-days (35% MFU assumed).
-# Expected:  IN-1k zero-shot 74.3; Flickr I->T 88.4, COCO I->T 59.8, Flickr T->I 75.0, COCO T->I 44.1.
+# Expected:  after unmasked tuning (recipes/studies/tuning/l16_laion400m_12.8b.yaml, chained with --tune): IN-1k zero-shot 74.3; Flickr I->T 88.4, COCO I->T 59.8, Flickr T->I 75.0, COCO T->I 44.1.
 # Time:      --time is one job's slice; a preempted or timed-out job checkpoints, requeues itself
 #            and resumes, so runs longer than the limit continue on their own.
 # Tiny job on a test cluster, same file:
@@ -30,7 +30,7 @@
 # export NCCL_NET_GDR_LEVEL=PHB          # GPUDirect RDMA distance
 # export NCCL_DEBUG=INFO                 # log transport choices when a run hangs at start-up
 # export FI_PROVIDER=efa FI_EFA_USE_DEVICE_RDMA=1   # AWS EFA (with the aws-ofi-nccl plugin)
-# export TORCH_NCCL_ASYNC_ERROR_HANDLING=1          # a dead peer fails the step instead of hanging
+# (slurm/common.sh turns on NCCL async error handling and the flight recorder: TORCH_NCCL_*)
 
 : "${FLIP_RECIPE:=recipes/studies/l16_laion400m_12.8b.yaml}"
 # sbatch runs a copy of this file, so common.sh is found through FLIP_HOME (default: submit dir).

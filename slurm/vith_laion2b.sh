@@ -4,8 +4,8 @@
 # Recipe:    recipes/studies/h14_laion2b_12.8b.yaml (override with FLIP_RECIPE / FLIP_OVERRIDES / FLIP_OUT; see slurm/common.sh)
 # Hardware:  64 nodes x 8 GPUs, one task per GPU; `flip-scale plan recipes/studies/h14_laion2b_12.8b.yaml --nodes 64
 #            --gpus-per-node 8 --gpu h100` planned
-#            14.8h wall-clock, 316 GPU-days (35% MFU assumed).
-# Expected:  IN-1k zero-shot 77.6; Flickr I->T 92.8, COCO I->T 67.0, Flickr T->I 79.9, COCO T->I 49.5.
+#            11.1h wall-clock, 237 GPU-days (35% MFU assumed).
+# Expected:  after unmasked tuning (recipes/studies/tuning/h14_laion2b_12.8b.yaml, chained with --tune): IN-1k zero-shot 77.6; Flickr I->T 92.8, COCO I->T 67.0, Flickr T->I 79.9, COCO T->I 49.5.
 # Time:      --time is one job's slice; a preempted or timed-out job checkpoints, requeues itself
 #            and resumes, so runs longer than the limit continue on their own.
 # Tiny job on a test cluster, same file:
@@ -30,7 +30,7 @@
 # export NCCL_NET_GDR_LEVEL=PHB          # GPUDirect RDMA distance
 # export NCCL_DEBUG=INFO                 # log transport choices when a run hangs at start-up
 # export FI_PROVIDER=efa FI_EFA_USE_DEVICE_RDMA=1   # AWS EFA (with the aws-ofi-nccl plugin)
-# export TORCH_NCCL_ASYNC_ERROR_HANDLING=1          # a dead peer fails the step instead of hanging
+# (slurm/common.sh turns on NCCL async error handling and the flight recorder: TORCH_NCCL_*)
 
 : "${FLIP_RECIPE:=recipes/studies/h14_laion2b_12.8b.yaml}"
 # sbatch runs a copy of this file, so common.sh is found through FLIP_HOME (default: submit dir).

@@ -5,7 +5,7 @@
 # Hardware:  32 nodes x 8 GPUs, one task per GPU; `flip-scale plan recipes/flip/l16_laion400m.yaml --nodes 32
 #            --gpus-per-node 8 --gpu h100` planned
 #            8.0h wall-clock, 85 GPU-days (35% MFU assumed).
-# Expected:  zero-shot ImageNet-1k top-1 74.3 (Table 8 baseline) (FLIP_FACTS.md main results, 12.8B samples, LAION-400M).
+# Expected:  zero-shot ImageNet-1k top-1 74.3 after its unmasked tuning (recipes/flip/l16_laion400m_unmasked_tuning.yaml, chained with --tune; Table 2).
 # Time:      --time is one job's slice; a preempted or timed-out job checkpoints, requeues itself
 #            and resumes, so runs longer than the limit continue on their own.
 # Tiny job on a test cluster, same file:
@@ -30,7 +30,7 @@
 # export NCCL_NET_GDR_LEVEL=PHB          # GPUDirect RDMA distance
 # export NCCL_DEBUG=INFO                 # log transport choices when a run hangs at start-up
 # export FI_PROVIDER=efa FI_EFA_USE_DEVICE_RDMA=1   # AWS EFA (with the aws-ofi-nccl plugin)
-# export TORCH_NCCL_ASYNC_ERROR_HANDLING=1          # a dead peer fails the step instead of hanging
+# (slurm/common.sh turns on NCCL async error handling and the flight recorder: TORCH_NCCL_*)
 
 : "${FLIP_RECIPE:=recipes/flip/l16_laion400m.yaml}"
 # sbatch runs a copy of this file, so common.sh is found through FLIP_HOME (default: submit dir).

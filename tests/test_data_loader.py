@@ -23,7 +23,13 @@ def test_batch_layout():
     assert b["images"].shape == (6, 3, 24, 24) and b["images"].dtype == torch.float32
     assert b["tokens"].shape == (6, 12) and b["tokens"].dtype == torch.int64
     assert b["index"].tolist() == list(range(6))
-    assert (b["tokens"][:, 0] == loader.tokenizer.cls_id).all()
+    # The authors' tokens by default (data.text_cls_token false): word pieces from position 0.
+    assert not (b["tokens"] == loader.tokenizer.cls_id).any() and (b["tokens"][:, 0] > 4).all()
+    with_cls = build_train_loader(_cfg(text_cls_token=True), text_length=12, global_batch_size=6,
+                                  seed=0, rank=0, world_size=1)
+    (c,) = take(with_cls, 1)
+    assert (c["tokens"][:, 0] == with_cls.tokenizer.cls_id).all()
+    assert torch.equal(c["tokens"][:, 1:3], b["tokens"][:, :2])  # same captions, shifted by [CLS]
 
 
 def test_global_batch_is_independent_of_world_size_and_workers():

@@ -9,7 +9,7 @@ from flip_scale.data.tokenizer import SPECIAL_TOKENS, builtin_vocab, load_tokeni
 
 
 def test_builtin_is_fixed_length_cls_first_pad_zero():
-    tok = load_tokenizer("builtin", 8)
+    tok = load_tokenizer("builtin", 8, cls_token=True)
     ids = tok(["A Large RED circle", "a small blue square at the top right of it all"])
     assert ids.shape == (2, 8) and ids.dtype == torch.long
     assert ids[:, 0].tolist() == [tok.cls_id] * 2 and tok.pad_id == 0
@@ -19,15 +19,64 @@ def test_builtin_is_fixed_length_cls_first_pad_zero():
     assert tok.vocab_size == len(builtin_vocab())
 
 
-def test_vocab_txt_builds_an_uncased_wordpiece(tmp_path):
-    vocab = SPECIAL_TOKENS + ["a", "photo", "of", "cat", "##s", "dog", "."]
+def _bert_vocab(tmp_path):
+    """A BERT-layout vocab.txt: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4, then word pieces."""
+    vocab = SPECIAL_TOKENS + ["a", "photo", "of", "cat", "##s", "dog", ".", "cafe"]
     path = tmp_path / "vocab.txt"
     path.write_text("\n".join(vocab) + "\n")
-    tok = load_tokenizer(str(path), 8)
+    return str(path)
+
+
+def test_vocab_txt_authors_tokens_are_word_pieces_only(tmp_path):
+    """The authors' ids (the default, data.text_cls_token false): configs/default.py:55 sets
+    aug.txt.cls_token = False, so input_pipeline_laion.py:91-96 passes cls_token None and
+    tfds_preprocess_text (lines 41-77) pads the BertTokenizer (line 87) word pieces to max_len = 32
+    with 0 (tftx.pad_model_inputs, line 47) and prepends nothing; tf_text's BertTokenizer adds
+    neither [CLS] nor [SEP]."""
+    tok = load_tokenizer(_bert_vocab(tmp_path), 8)
+    assert not tok.cls_token
+    ids = tok(["A photo of Cats."])[0].tolist()
+    assert ids == [5, 6, 7, 8, 9, 11, 0, 0]  # a photo of cat ##s . [PAD] [PAD]
+    assert tok.decode(ids) == "a photo of cats."
+    assert tok(["zebra"])[0].tolist() == [1] + [0] * 7  # unknown word -> [UNK]
+    # lower_case=True in tf_text also strips accents (NFD, drop combining marks): Café -> cafe.
+    assert tok(["Café"])[0].tolist()[0] == 12
+    # Cut to the first 8 word pieces, nothing reserved for specials.
+    long = tok(["a photo of cats. a photo of dogs."])[0].tolist()
+    assert long == [5, 6, 7, 8, 9, 11, 5, 6]
+    assert tok.encode_caption("a photo") == [5, 6] + [0] * 6
+    assert tok.encode_caption("\u200b") is None  # no word piece at all
+
+
+def test_vocab_txt_cls_mode_is_cls_word_pieces_sep(tmp_path):
+    """data.text_cls_token true: BERT's [CLS] ... [SEP], so text_length - 2 word pieces."""
+    tok = load_tokenizer(_bert_vocab(tmp_path), 8, cls_token=True)
     ids = tok(["A photo of Cats."])[0].tolist()
     assert ids == [2, 5, 6, 7, 8, 9, 11, 3]
     assert tok.decode(ids) == "a photo of cats."
-    assert tok(["zebra"])[0].tolist()[:3] == [2, 1, 3]  # unknown word -> [UNK]
+    assert tok(["zebra"])[0].tolist()[:4] == [2, 1, 3, 0]
+    assert tok(["a photo of cats. a photo of dogs."])[0].tolist() == [2, 5, 6, 7, 8, 9, 11, 3]
+
+
+def test_cls_mode_survives_pickling_for_loader_workers(tmp_path):
+    import pickle
+
+    for cls in (False, True):
+        tok = load_tokenizer(_bert_vocab(tmp_path), 8, cls_token=cls)
+        copy = pickle.loads(pickle.dumps(tok))
+        assert copy.cls_token is cls and torch.equal(copy(["a dog"]), tok(["a dog"]))
+
+
+def test_a_json_with_a_cls_template_still_gives_word_pieces_only(tmp_path):
+    """The saved tokenizer JSON carries BERT's [CLS]/[SEP] post-processor; the mode comes from
+    data.text_cls_token, not from the file."""
+    load_tokenizer(_bert_vocab(tmp_path), 8).save(str(tmp_path / "tok.json"))
+    assert tok_ids(load_tokenizer(str(tmp_path / "tok.json"), 8)) == [5, 6, 7, 0, 0, 0, 0, 0]
+    assert tok_ids(load_tokenizer(str(tmp_path / "tok.json"), 8, cls_token=True)) == [2, 5, 6, 7, 3, 0, 0, 0]
+
+
+def tok_ids(tok):
+    return tok(["A photo of"])[0].tolist()
 
 
 def test_trained_tokenizer_round_trips_captions(tmp_path):
@@ -38,7 +87,7 @@ def test_trained_tokenizer_round_trips_captions(tmp_path):
     assert tok.vocab_size <= 200 and tok.pad_id == 0
     caption = "a photo of a large red circle at the top left"
     ids = tok([caption])[0]
-    assert ids[0] == tok.cls_id and tok.decode(ids) == caption
+    assert tok.cls_id not in ids.tolist() and tok.decode(ids) == caption
     assert 1 not in ids.tolist()  # no [UNK] for words seen in training
     # the BERT-style vocab.txt written beside it loads to the same ids
     assert torch.equal(load_tokenizer(str(tmp_path / "tok" / "tokenizer.vocab.txt"), 32)([caption])[0], ids)

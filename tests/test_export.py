@@ -51,6 +51,10 @@ def test_round_trip_is_exact(pool):
     result = oc.load_state_dict(convert_state_dict(model.state_dict()), strict=False)
     assert not result.missing_keys and not result.unexpected_keys
     assert cfg["vision_cfg"]["pool_type"] == {"mean_patches": "avg", "cls": "tok"}[pool]
+    # tanh GELU (flax's default, as the authors') on both sides: open_clip builds it from act_kwargs.
+    assert cfg["vision_cfg"]["act_kwargs"] == cfg["text_cfg"]["act_kwargs"] == {"approximate": "tanh"}
+    assert oc.visual.transformer.resblocks[0].mlp.gelu.approximate == "tanh"
+    assert oc.transformer.resblocks[0].mlp.gelu.approximate == "tanh"
     images, tokens = _inputs(model)
     ci, ct = _cosines(model, oc, images, tokens)
     assert ci > 0.9999 and ct > 0.9999, (ci, ct)

@@ -54,8 +54,9 @@ def test_sigkill_at_a_random_step_then_resume_matches_an_uninterrupted_run(tmp_p
     assert resumed == reference, f"killed after step {steps_before}: loss sequence differs after resume"
 
 
-def test_kill_during_checkpoint_save_keeps_the_previous_checkpoint(tmp_path):
-    over = ["train.samples=640", "checkpoint.every_steps=3", "train.log_every_steps=1"]
+@pytest.mark.parametrize("backend", ["ddp", "fsdp"])  # a synchronous save; an asynchronous DCP write
+def test_kill_during_checkpoint_save_keeps_the_previous_checkpoint(tmp_path, backend):
+    over = ["train.samples=640", "checkpoint.every_steps=3", "train.log_every_steps=1", f"parallel.backend={backend}"]
     proc = subprocess.Popen(train_args(tmp_path, *over), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "FLIP_SCALE_TEST_SAVE_DELAY_S": "3"})
     ckpts = tmp_path / "checkpoints"
@@ -71,6 +72,8 @@ def test_kill_during_checkpoint_save_keeps_the_previous_checkpoint(tmp_path):
     assert "resumed from" in r.stderr and "step_00000003 at step 3" in r.stderr
     assert not list(ckpts.glob(".tmp_*"))
     assert [s for s, _ in losses(tmp_path)] == list(range(1, 11))
+    if backend == "fsdp":
+        assert "saves synchronously" not in r.stderr  # the asynchronous path is the one tested
 
 
 def test_unreadable_newest_checkpoint_is_set_aside_and_the_previous_one_used(tmp_path):

@@ -56,3 +56,13 @@ def test_bad_arguments_fail_with_one_line(argv, message, capsys, monkeypatch):
     assert main_launch(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_failure_handling_options_become_the_jobs_environment(tmp_path, capsys):
+    rc = main_launch([str(ROOT / "recipes/test/tiny.yaml"), "--template", TEMPLATE, "--out", str(tmp_path / "run"),
+                      "--max-restarts", "2", "--keep-failed-nodes", "--dry-run"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "FLIP_MAX_RESTARTS=2 FLIP_EXCLUDE_FAILED_NODES=0 " in out, out
+    rc = main_launch([str(ROOT / "recipes/test/tiny.yaml"), "--template", TEMPLATE, "--max-restarts", "-1",
+                      "--dry-run"])
+    assert rc == 2 and capsys.readouterr().err.strip() == "flip-scale launch: error: --max-restarts must be >= 0, got -1"

@@ -122,9 +122,9 @@ def _saved_bytes(model, images, tokens, with_loss=False):
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        img, txt, scale = model(images, tokens)
+        out = model(images, tokens)
         if with_loss:
-            clip_loss(img, txt, scale)
+            clip_loss(out["image_features"], out["text_features"], out["logit_scale"])
     return sum(seen.values())
 
 

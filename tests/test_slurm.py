@@ -5,6 +5,7 @@ on this machine; these tests submit the real slurm/vith_laion2b.sh with real sba
 daemons cannot start (no root, no apt, ...) every test here skips with the reason printed.
 """
 import json
+import os
 import subprocess
 import sys
 import time
@@ -225,3 +226,197 @@ def test_launch_chains_unmasked_tuning_after_the_run_with_afterok(cluster, tmp_p
     assert f"initialising weights from {pre}/checkpoints/step_00000010" in logs["tune"]
     summary = json.loads((tune / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["mask_ratio"] == 0.0 and summary["samples_seen"] == 320
+
+
+# ------------------------------------------------------------------ failures (issue 14)
+def release(cluster, job: int) -> None:
+    """Start a requeued job now instead of after Slurm's ~121 s hold (see the USR1 test for why
+    not in the same second as the requeue)."""
+    cluster.wait_nodes_idle(60)
+    time.sleep(2)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=cluster.env, check=True)
+
+
+def wait_requeued(cluster, job: int, run: Path, timeout_s: float, restarts: int = 1) -> dict:
+    """Poll until the job is pending again after its `restarts`-th requeue (a job just submitted
+    is pending too, with Restarts=0)."""
+    end = time.time() + timeout_s
+    while time.time() < end:
+        info = cluster.job_info(job)
+        if info.get("JobState") == "PENDING" and int(info.get("Restarts", 0)) >= restarts:
+            return info
+        assert info.get("JobState") not in ("COMPLETED", "FAILED", "CANCELLED"), (info, job_log(run, job)[-3000:])
+        time.sleep(0.5)
+    raise AssertionError(f"job {job} not requeued after {timeout_s} s: {cluster.job_info(job)}\n"
+                         + job_log(run, job)[-3000:])
+
+
+def task_pid(run: Path, rank: int) -> int:
+    """PID of this run's training task `rank` (tasks share this machine's PID namespace): the
+    process whose command line names the run directory and whose SLURM_PROCID is `rank`."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            env = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"train.out_dir={run}".encode() in cmd and b"flip_scale" in cmd and f"SLURM_PROCID={rank}".encode() in env:
+            return int(proc.name)
+    raise AssertionError(f"no task {rank} of {run} running")
+
+
+def wait_step(cluster, job: int, run: Path, step: int, timeout_s: float = 180) -> None:
+    end = time.time() + timeout_s
+    while not any(s >= step for s in losses(run)):
+        assert time.time() < end, f"job {job} never reached step {step}:\n{job_log(run, job)[-3000:]}"
+        assert cluster.squeue_state(job) in ("PENDING", "CONFIGURING", "RUNNING"), job_log(run, job)[-3000:]
+        time.sleep(0.1)
+
+
+def test_a_killed_task_requeues_the_job_which_resumes_to_the_same_losses(cluster, reference, tmp_path):
+    import signal
+
+    _, ref_info, ref_run = reference
+    assert ref_info["JobState"] == "COMPLETED"
+    run = tmp_path / "killed"
+    t0 = time.time()
+    job = submit_template(cluster, run)
+    wait_step(cluster, job, run, 13)  # past the step-10 checkpoint
+    os.kill(task_pid(run, 1), signal.SIGKILL)  # rank 1 on the second node dies: a crashed GPU/host
+
+    info = wait_requeued(cluster, job, run, 120)
+    assert info["Restarts"] == "1", info
+    log = job_log(run, job)
+    assert f"failure 1/5 (crash, step exit" in log and f"{cluster.nodes[1]}: task 1: Killed" in log, log[-3000:]
+    # Two nodes for a two-node job: none can be spared.
+    assert f"not excluding {cluster.nodes[1]}: 1 usable node(s) would remain for a 2-node job" in log
+    record = (run / "restarts.log").read_text().splitlines()
+    assert len(record) == 1 and record[0].startswith(f"job={job} failure=1 ") and "Killed" in record[0], record
+    latest = (run / "checkpoints" / "latest").read_text().strip()
+
+    release(cluster, job)
+    info = cluster.wait_job(job, timeout_s=240)
+    log = job_log(run, job)
+    print(f"\nkilled job {job}: requeued and done in {time.time() - t0:.1f} s", file=sys.stderr)
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-3000:]
+    assert f"resumed from {run}/checkpoints/{latest}" in log
+    assert losses(run) == losses(ref_run), "loss sequence differs from the uninterrupted job"
+
+
+def _watchdog_wired() -> bool:
+    import flip_scale.train.trainer as trainer
+
+    return hasattr(trainer, "Watchdog")
+
+
+@pytest.mark.skipif(not _watchdog_wired(), reason="watchdog not wired into flip_scale.train.trainer yet")
+def test_a_frozen_task_is_caught_by_the_watchdog_dumped_requeued_and_finishes(cluster, reference, tmp_path):
+    import signal
+
+    _, _, ref_run = reference
+    hang_s = 20
+    run = tmp_path / "frozen"
+    job = submit_template(cluster, run, overrides=f"{OVERRIDES} train.hang_timeout_s={hang_s}")
+    wait_step(cluster, job, run, 13)
+    pid = task_pid(run, 1)
+    os.kill(pid, signal.SIGSTOP)  # rank 1 stops dead (its own watchdog thread too); rank 0 waits on it
+    t_stop = time.time()
+    info = wait_requeued(cluster, job, run, hang_s + 60)
+    assert time.time() - t_stop < hang_s + 60
+    log = job_log(run, job)
+    assert "failure 1/5 (hang (watchdog), step exit" in log and "Exited with exit code 76" in log, log[-3000:]
+    dump = run / "hangs" / f"failure1-job{job}" / "rank0.txt"
+    assert dump.is_file(), sorted(p.name for p in (run / "hangs").rglob("*"))
+    text = dump.read_text()
+    assert "rank 0 on" in text and "last completed step" in text and "File " in text
+    assert "excluding" not in log.split("failure 1/5")[1].splitlines()[0]  # a hang excludes no node
+    release(cluster, job)
+    info = cluster.wait_job(job, timeout_s=240)
+    assert info["JobState"] == "COMPLETED", job_log(run, job)[-3000:]
+    assert losses(run) == losses(ref_run)
+
+
+def test_a_bad_recipe_key_exits_2_once_and_is_not_requeued(cluster, tmp_path):
+    run = tmp_path / "badkey"
+    job = submit_template(cluster, run, overrides="train.no_such_key=1")
+    info = cluster.wait_job(job, timeout_s=180)
+    log = job_log(run, job)
+    assert info["JobState"] == "FAILED" and info["ExitCode"] == "2:0" and info["Restarts"] == "0", (info, log[-3000:])
+    # One line names the key: rank 0's, or the batch shell's when rank 1 exited first and srun
+    # stopped rank 0 before it printed (--kill-on-bad-exit).
+    assert log.count("flip-scale: error: command line (train.no_such_key=1): unknown key 'train.no_such_key'") == 1, log
+    assert log.count("not requeueing") == 1, log[-3000:]
+    # srun may report 143 for the step (the other rank stopped): the first task's own status 2 decides.
+    assert "Exited with exit code 2" in log and "requeueing job" not in log
+    assert not (run / "restarts.log").exists()
+
+
+def fake_trainer(tmp_path, body: str) -> Path:
+    """A stand-in for the interpreter (FLIP_PYTHON) that only exercises the template's failure
+    handling: no training, so these tests take seconds of cluster time."""
+    path = tmp_path / "fake_python.sh"
+    path.write_text("#!/bin/bash\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def test_max_restarts_exhausted_ends_failed_with_one_line(cluster, tmp_path):
+    run = tmp_path / "always_fails"
+    fake = fake_trainer(tmp_path, 'echo "fake trainer failing on $SLURMD_NODENAME" >&2; exit 1\n')
+    env = {"FLIP_RECIPE": "recipes/test/tiny.yaml", "FLIP_OUT": str(run), "FLIP_PYTHON": str(fake),
+           "FLIP_MAX_RESTARTS": "1", "FLIP_EXCLUDE_FAILED_NODES": "0"}
+    job = cluster.sbatch(["--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=1", "--gpus-per-node=0", "--time=5",
+                          f"--output={tmp_path}/always_fails-slurm-%j.out", TEMPLATE], env_extra=env, cwd=ROOT)
+    wait_requeued(cluster, job, run, 60)
+    release(cluster, job)
+    info = cluster.wait_job(job, timeout_s=60)
+    log = job_log(run, job)
+    assert info["JobState"] == "FAILED" and info["Restarts"] == "1" and info["ExitCode"] == "1:0", (info, log)
+    final = [line for line in log.splitlines() if "FLIP_MAX_RESTARTS=" in line]
+    assert len(final) == 1, log
+    assert "FLIP_MAX_RESTARTS=1 exhausted: failure 2 (crash, step exit 1:" in final[0]
+    assert "task 0: Exited with exit code 1" in final[0] and "job FAILED" in final[0]
+    assert log.count("failure 1/1 (crash") == 1
+    record = (run / "restarts.log").read_text().splitlines()
+    assert [r.split()[1] for r in record] == ["failure=1", "failure=2"], record
+
+
+def test_the_node_of_a_crashed_task_is_excluded_from_the_requeued_job(cluster, tmp_path):
+    run = tmp_path / "badnode"
+    mark = tmp_path / "first_node"
+    # Crashes (SIGKILL, like a dead GPU taking its process down) on whichever node ran it first.
+    fake = fake_trainer(tmp_path, f'[ -f {mark} ] || echo "$SLURMD_NODENAME" > {mark}\n'
+                                  f'if [ "$(cat {mark})" = "$SLURMD_NODENAME" ]; then kill -9 $$; fi\n'
+                                  'echo "fake trainer done on $SLURMD_NODENAME"\n')
+    env = {"FLIP_RECIPE": "recipes/test/tiny.yaml", "FLIP_OUT": str(run), "FLIP_PYTHON": str(fake)}
+    job = cluster.sbatch(["--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=1", "--gpus-per-node=0", "--time=5",
+                          f"--output={tmp_path}/badnode-slurm-%j.out", TEMPLATE], env_extra=env, cwd=ROOT)
+    info = wait_requeued(cluster, job, run, 60)
+    bad = mark.read_text().strip()
+    assert info["ExcNodeList"] == bad, info
+    release(cluster, job)
+    info = cluster.wait_job(job, timeout_s=60)
+    log = job_log(run, job)
+    good = [n for n in cluster.nodes if n != bad][0]
+    assert info["JobState"] == "COMPLETED" and info["NodeList"] == good, (info, log)
+    assert f"{bad}: task 0: Killed); excluding {bad}; requeueing" in log
+    assert f"requeued job excludes node(s) {bad}" in log and f"fake trainer done on {good}" in log
+
+
+def test_a_silent_exit_2_gets_the_recipe_error_from_the_batch_shell(cluster, tmp_path):
+    """Only rank 0 prints a recipe error; when another rank's exit 2 gets rank 0 killed first the
+    job log would not say why: the shell then checks the recipe itself and prints the one line."""
+    run = tmp_path / "silent"
+    fake = fake_trainer(tmp_path, f'case " $* " in *" --print-config "*) exec {sys.executable} "$@" ;; esac\n'
+                                  'exit 2  # a rank that found the error and says nothing\n')
+    env = {"FLIP_RECIPE": "recipes/test/tiny.yaml", "FLIP_OUT": str(run), "FLIP_PYTHON": str(fake),
+           "FLIP_OVERRIDES": "train.no_such_key=1"}
+    job = cluster.sbatch(["--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=1", "--gpus-per-node=0", "--time=5",
+                          f"--output={tmp_path}/silent-slurm-%j.out", TEMPLATE], env_extra=env, cwd=ROOT)
+    info = cluster.wait_job(job, timeout_s=120)
+    log = job_log(run, job)
+    assert info["JobState"] == "FAILED" and info["ExitCode"] == "2:0" and info["Restarts"] == "0", (info, log)
+    assert "a task exited 2 before rank 0 said why; checking the recipe here:" in log
+    assert log.count("unknown key 'train.no_such_key'") == 1 and log.count("not requeueing") == 1, log

@@ -83,3 +83,21 @@ def test_template_sets_an_existing_default_recipe_then_sources_common(template):
 def test_bash_syntax(script):
     r = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
+
+
+def test_common_sh_exit_codes_match_the_trainer_and_nccl_diagnostics_are_on():
+    """The shell decides requeue vs stop by the trainer's exit statuses: they must be the same
+    numbers; the NCCL flight recorder dumps into the run directory."""
+    from flip_scale.train.preemption import PREEMPTED_EXIT_CODE
+    from flip_scale.train.watchdog import HANG_EXIT_CODE
+
+    text = (SLURM / "common.sh").read_text()
+    assert re.search(rf"^PREEMPTED_EXIT_CODE={PREEMPTED_EXIT_CODE}\b", text, re.M)
+    assert re.search(rf"^HANG_EXIT_CODE={HANG_EXIT_CODE}\b", text, re.M)
+    assert re.search(r"^CONFIG_EXIT_CODE=2\b", text, re.M)
+    for var in ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "TORCH_FR_BUFFER_SIZE", "TORCH_NCCL_DUMP_ON_TIMEOUT",
+                "TORCH_FR_DUMP_TEMP_FILE", "TORCH_NCCL_DEBUG_INFO_TEMP_FILE"):
+        assert re.search(rf"^export {var}=\$\{{{var}:-", text, re.M), var  # set unless the user set it
+    assert "$FLIP_RUN_DIR/hangs/nccl_trace_rank_" in text
+    assert re.search(r"^FLIP_MAX_RESTARTS=\$\{FLIP_MAX_RESTARTS:-5\}", text, re.M)
+    assert re.search(r"^FLIP_EXCLUDE_FAILED_NODES=\$\{FLIP_EXCLUDE_FAILED_NODES:-1\}", text, re.M)

@@ -23,8 +23,9 @@ def test_cli_train_writes_the_run_directory_and_loss_falls(tmp_path):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [rec["step"] for rec in records] == list(range(10, 61, 10))
     for key in ("step", "samples_seen", "loss", "lr", "logit_scale", "samples_per_sec", "data_wait_frac",
-                "max_memory_gb", "grad_norm"):
+                "max_memory_gb", "grad_norm", "data_wait_p99_s", "straggler/slowest_rank", "straggler/median_s"):
         assert key in records[0], key
+    assert all(rec["straggler/slowest_rank"] == 0 and rec["data_wait_p99_s"] >= 0 for rec in records)
     assert records[-1]["samples_seen"] == 3840
     assert records[-1]["loss"] < records[0]["loss"] - 0.3  # it learns
     summary = json.loads((out / "summary.json").read_text())
@@ -84,3 +85,14 @@ def test_demo_refuses_to_replace_a_directory_it_did_not_make(tmp_path):
                        timeout=300)
     assert r.returncode == 2 and "not a demo directory" in r.stderr
     assert (run / "config.yaml").read_text() == "keep me"
+
+
+def test_checkpoints_by_wall_clock_interval_are_agreed_on_log_steps(tmp_path):
+    """checkpoint.every_minutes: with steps disabled, a save happens at a log step once the
+    interval has passed (here: always), never between log steps, plus the final one."""
+    out = tmp_path / "by_time"
+    run_training(load_recipe(TINY, ["train.samples=640", "train.log_every_steps=4", "checkpoint.every_steps=0",
+                                    "checkpoint.every_minutes=0.0001", "checkpoint.keep=10",
+                                    "parallel.backend=single", f"train.out_dir={out}"]))
+    saved = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
+    assert saved == ["step_00000004", "step_00000008", "step_00000010"]

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from ..fileio import write_text_atomic
+from ..run_dir import CONFIG
 from .schema import Config
 
 
@@ -102,7 +103,12 @@ def _coerce(value: Any, tp, key: str, source: str):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(value, args[0], key, source)
+        for arg in args[:-1]:  # e.g. Union[bool, str]: true | false | auto
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError:
+                pass
+        return _coerce(value, args[-1], key, source)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -229,12 +235,33 @@ def validate(cfg: Config, world_size: int | None = None, check_files: bool = Tru
         fail("train.log_every_steps", f"must be >= 1, got {t.log_every_steps}")
     if t.device not in ("auto", "cpu", "cuda"):
         fail("train.device", f"must be auto, cpu or cuda, got {t.device!r}")
+    for key in ("hang_timeout_s", "hang_phase_timeout_s", "straggler_threshold"):
+        if getattr(t, key) < 0:
+            fail(f"train.{key}", f"must be >= 0, got {getattr(t, key)}")
+    if t.gc_every_steps < 0:
+        fail("train.gc_every_steps", f"must be >= 0 (0 = automatic GC), got {t.gc_every_steps}")
+    if t.straggler_patience < 1:
+        fail("train.straggler_patience", f"must be >= 1, got {t.straggler_patience}")
+    if d.loader_timeout_s < 0:
+        fail("data.loader_timeout_s", f"must be >= 0 (0 = wait forever), got {d.loader_timeout_s}")
     if check_files and t.init_from is not None and not os.path.exists(t.init_from):
         fail("train.init_from", f"{t.init_from} does not exist")
     if c.every_steps < 0:
         fail("checkpoint.every_steps", f"must be >= 0, got {c.every_steps}")
     if c.keep < 1:
         fail("checkpoint.keep", f"must be >= 1, got {c.keep}")
+    if c.every_minutes < 0:
+        fail("checkpoint.every_minutes", f"must be >= 0, got {c.every_minutes}")
+    if t.micro_batch_size is not None:
+        local = t.global_batch_size // (world_size or 1)
+        if t.micro_batch_size < 1:
+            fail("train.micro_batch_size", f"must be positive (or null), got {t.micro_batch_size}")
+        elif world_size is not None and local % t.micro_batch_size:
+            fail("train.micro_batch_size", f"{t.micro_batch_size} does not divide the local batch {local} "
+                                           f"(global {t.global_batch_size} over {world_size} ranks)")
+        if p.backend == "deepspeed" and t.micro_batch_size < local:
+            fail("train.micro_batch_size", "contrastive micro-batching is not available with parallel.backend="
+                                           "deepspeed (its engine owns backward); use fsdp, ddp or single")
     if p.backend not in ("single", "ddp", "fsdp", "deepspeed"):
         fail("parallel.backend", f"must be single, ddp, fsdp or deepspeed, got {p.backend!r}")
     if p.zero_stage is not None and p.backend != "deepspeed":
@@ -245,6 +272,19 @@ def validate(cfg: Config, world_size: int | None = None, check_files: bool = Tru
         fail("parallel.precision", f"must be fp32 or bf16, got {p.precision!r}")
     if p.backend == "single" and world_size is not None and world_size > 1:
         fail("parallel.backend", f"is single but {world_size} processes were launched; use ddp, fsdp or deepspeed")
+    if p.shard_group_size is not None:
+        if p.backend != "fsdp":
+            fail("parallel.shard_group_size", f"is set ({p.shard_group_size}) but parallel.backend is {p.backend!r}, not fsdp")
+        if p.shard_group_size < 1:
+            fail("parallel.shard_group_size", f"must be positive, got {p.shard_group_size}")
+        if world_size is not None and world_size % p.shard_group_size:
+            fail("parallel.shard_group_size", f"{p.shard_group_size} does not divide the world size {world_size}")
+    if not isinstance(p.reshard_after_forward, bool) and p.reshard_after_forward != "auto":
+        fail("parallel.reshard_after_forward", f"must be true, false or auto, got {p.reshard_after_forward!r}")
+    if p.bucket_mb <= 0:
+        fail("parallel.bucket_mb", f"must be positive, got {p.bucket_mb}")
+    if p.blocks_per_unit < 1:
+        fail("parallel.blocks_per_unit", f"must be at least 1, got {p.blocks_per_unit}")
     if p.init_timeout_s <= 0 or p.timeout_s <= 0:
         fail("parallel.timeout_s", f"timeouts must be positive, got {p.init_timeout_s}, {p.timeout_s}")
     if t.max_nonfinite_steps < 1:
@@ -267,7 +307,7 @@ def dump_config(cfg: Config) -> str:
 
 def write_config(cfg: Config, run_dir: str | os.PathLike) -> Path:
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    return write_text_atomic(Path(run_dir) / "config.yaml", dump_config(cfg))
+    return write_text_atomic(Path(run_dir) / CONFIG, dump_config(cfg))
 
 
 def config_from_dict(data: dict, source: str = "config.yaml") -> Config:

@@ -6,7 +6,7 @@ actual runs. Sections sit here together so `--print-config` and validation see o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 
 def doc(default, text: str):
@@ -22,7 +22,7 @@ class ModelConfig:
 
     name: str = doc("tiny", "size: tiny | vit_b16 | vit_l16 | vit_l14 | vit_h14")
     mask_ratio: float = doc(0.5, "fraction of image patches dropped in training, in [0, 1) (FLIP: 0.5)")
-    text_length: int = doc(32, "tokens per caption, [CLS] first, padded/cut (FLIP: 32)")
+    text_length: int = doc(32, "tokens per caption, padded with 0 / cut (FLIP: 32); the text feature is position 0's output")
     image_pool: str = doc("mean_all", "mean_all (FLIP: all tokens incl. cls) | mean_patches | cls")
     vocab_size: Optional[int] = doc(None, "text vocabulary size; null = the size table's (30523 for paper models)")
     text_mask_ratio: float = doc(0.0, "fraction of text tokens dropped in training (Table 1c ablation; FLIP: 0)")
@@ -40,6 +40,8 @@ class DataConfig:
 
     train_shards: str = doc("synthetic", "webdataset shards (brace pattern, comma list, directory, URL, pipe:) or `synthetic`")
     tokenizer: str = doc("builtin", "tokenizers JSON or BERT vocab.txt; `builtin` = the synthetic captions' vocabulary")
+    text_cls_token: bool = doc(False, "true = [CLS] first and [SEP] last; false = word pieces only, "
+                                      "the authors' tokens (aug.txt.cls_token False)")
     image_size: int = doc(224, "input pixels; the model's input size follows it (paper: 224)")
     workers: int = doc(2, "loader worker processes per rank")
     shuffle_buffer: int = doc(1000, "samples held in the shuffle buffer per worker")
@@ -52,6 +54,8 @@ class DataConfig:
     drop_last: bool = doc(True, "with finite epochs, drop each stream's final partial batch")
     prefetch_factor: int = doc(2, "batches prefetched per loader worker")
     pin_memory: bool = doc(False, "pin host batches for faster copies to the GPU (turn on for GPU runs)")
+    loader_timeout_s: float = doc(600.0, "seconds a rank waits for one batch from its loader workers before failing "
+                                         "(0 = forever; only with workers > 0)")
     synthetic_samples: Optional[int] = doc(None, "synthetic data: distinct samples before repeating (null = endless)")
 
 
@@ -63,26 +67,41 @@ class TrainConfig:
     samples: int = doc(2_560_000_000, "samples seen in the whole run (FLIP: 12.8B; ablations 2.56B)")
     base_lr: float = doc(4e-6, "lr per 256 samples; peak lr = base_lr * global_batch_size / 256")
     warmup_samples: int = doc(51_200_000, "linear warmup length in samples (FLIP: 51.2M for B/L, 256M for H)")
-    weight_decay: float = doc(0.2, "AdamW decoupled weight decay; none on biases, norms, pos/cls embeddings, logit scale")
+    weight_decay: float = doc(0.2, "AdamW decoupled weight decay; none on biases, LayerNorm scales, position embeddings (as the authors)")
     beta1: float = doc(0.9, "AdamW beta1")
     beta2: float = doc(0.95, "AdamW beta2 (FLIP: 0.95)")
     eps: float = doc(1e-8, "AdamW epsilon")
-    grad_clip: float = doc(1.0, "max global gradient norm; 0 disables clipping")
+    grad_clip: float = doc(0.0, "max global gradient norm; 0 = no clipping (FLIP: the authors' optimizer never clips)")
     max_nonfinite_steps: int = doc(10, "this many non-finite losses IN A ROW stop the run (each one alone is "
                                        "skipped and counted); the last good checkpoint stays the latest")
     seed: int = doc(0, "seed of init, data order, augmentation and masks")
     out_dir: str = doc("runs/default", "run directory: config, metrics, checkpoints, summary")
     init_from: Optional[str] = doc(None, "checkpoint or run dir whose weights start this run with a fresh optimizer")
-    log_every_steps: int = doc(10, "steps between metric reductions/logs")
+    micro_batch_size: Optional[int] = doc(None, "samples per rank per forward (contrastive micro-batching with "
+                                                "cached features: the gradient equals the whole batch's); "
+                                                "null = the whole local batch in one pass")
+    log_every_steps: int = doc(10, "steps between metric reductions/logs (and stop/interval agreement)")
     device: str = doc("auto", "auto | cpu | cuda")
+    hang_timeout_s: float = doc(600.0, "a rank with no completed step for this long dumps all stacks to RUN/hangs/rank<N>.txt "
+                                       "and exits 76 so the job requeues (0 = no watchdog)")
+    hang_phase_timeout_s: float = doc(1800.0, "the same watchdog's budget for the first step, evaluation and "
+                                              "checkpoint save/load")
+    gc_every_steps: int = doc(50, "automatic Python GC off in the loop; every rank collects at every Nth step "
+                                  "(0 = Python's automatic GC)")
+    straggler_threshold: float = doc(0.2, "straggler warning: a rank's own step time over the median by more than this fraction")
+    straggler_patience: int = doc(3, "straggler warning after this many slow log steps in a row (one line naming the host)")
 
 
 @dataclass
 class CheckpointConfig:
     """When checkpoints are written and how many stay."""
 
-    every_steps: int = doc(1000, "steps between checkpoints (0 = only at the end)")
+    every_steps: int = doc(1000, "steps between checkpoints (0 = by time and at the end only)")
+    every_minutes: float = doc(0.0, "wall-clock minutes between checkpoints, besides every_steps (0 = off; "
+                                    "paper recipes: 30); checked on log steps")
     keep: int = doc(3, "how many recent checkpoints to keep")
+    async_save: bool = doc(True, "write checkpoints in the background (FSDP/DCP; training waits only for the "
+                                 "copy to host memory); other backends save synchronously")
 
 
 @dataclass
@@ -95,7 +114,18 @@ class ParallelConfig:
     compile: bool = doc(False, "torch.compile each transformer block")
     precision: str = doc("fp32", "fp32 | bf16 (bf16 autocast / bf16 params with fp32 reduction)")
     init_timeout_s: float = doc(1800.0, "collective timeout while starting (first steps include compile and loading)")
-    timeout_s: float = doc(600.0, "collective timeout after the first steps: a dead or hung peer ends the job")
+    timeout_s: float = doc(300.0, "collective timeout after the first steps, on every process group: a dead or "
+                                  "hung peer ends the job")
+    shard_group_size: Optional[int] = doc(None, "fsdp: ranks that shard one model copy (HSDP; e.g. 8 = a node); "
+                                                "copies replicate across groups; null = flat FSDP over all ranks")
+    reshard_after_forward: Union[bool, str] = doc(True, "fsdp: free gathered block parameters after forward and "
+                                                        "gather again in backward (true) | keep them (false) | auto: "
+                                                        "keep a tower's if the planner says they fit")
+    overlap_comm: bool = doc(True, "deepspeed: reduce gradient buckets during backward instead of after it")
+    bucket_mb: float = doc(200.0, "deepspeed: reduce / all-gather bucket size in MB of fp32 gradients "
+                                  "(DeepSpeed's own default is 2000: one bucket, nothing left to overlap)")
+    blocks_per_unit: int = doc(1, "fsdp: text-tower blocks per FSDP unit (one all-gather each); small blocks "
+                                  "at many ranks are latency-bound")
 
 
 @dataclass

@@ -57,6 +57,7 @@ COUNTER_NAMES = ("corrupt_member", "bad_image", "empty_caption", "incomplete_sam
 DATA_DEFAULTS: dict[str, Any] = {
     "train_shards": "synthetic",
     "tokenizer": "builtin",
+    "text_cls_token": False,
     "image_size": 224,
     "workers": 0,
     "shuffle_buffer": 1000,
@@ -322,7 +323,7 @@ class TrainLoader:
         self.prefetch_factor = int(_cfg(data_cfg, "prefetch_factor"))
         self.pin_memory = bool(_cfg(data_cfg, "pin_memory"))
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(
-            str(_cfg(data_cfg, "tokenizer")), text_length)
+            str(_cfg(data_cfg, "tokenizer")), text_length, bool(_cfg(data_cfg, "text_cls_token")))
         spec = str(_cfg(data_cfg, "train_shards"))
         self.synthetic = spec == "synthetic"
         self._counter_base: Counter = Counter()

@@ -7,9 +7,15 @@
 - `builtin`: a small deterministic vocabulary made in memory from the synthetic captions'
   words plus single characters, so demos and tests need no file and no network.
 
-Whatever the source, the output is fixed length: [CLS] first (FLIP's text feature is the first
-token's output), [SEP] closing the text, padded with the pad id (0 for BERT vocabularies) and
-truncated to text_length. FLIP uses no attention mask, so padding must be a stable id.
+Whatever the source, the output is text_length ids padded with the pad id (0 for BERT
+vocabularies). FLIP uses no attention mask, so padding must be a stable id. Two layouts
+(`data.text_cls_token`):
+- false (default, the authors' tokens): the caption's first text_length word pieces, no [CLS],
+  no [SEP]. The release sets `config.aug.txt.cls_token = False` (configs/default.py) and
+  tf_text's BertTokenizer adds no special tokens (input_pipeline_laion.py, tfds_preprocess_text),
+  so the text feature, the output at position 0, is that of the caption's first word piece.
+- true: [CLS] first, then text_length - 2 word pieces and [SEP] (BERT's single-sentence
+  layout); the feature at position 0 is then [CLS]'s.
 """
 
 from __future__ import annotations
@@ -26,7 +32,11 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4, BER
 
 
 def _bert_pipeline(tok: Tokenizer) -> Tokenizer:
-    """Give a WordPiece model BERT-uncased normalisation, splitting, decoding and [CLS]/[SEP]."""
+    """Give a WordPiece model BERT-uncased normalisation, splitting, decoding and [CLS]/[SEP].
+
+    Lowercasing with accent stripping (BertNormalizer: strip_accents None follows lowercase)
+    matches tf_text's BertTokenizer(lower_case=True), which case-folds, NFD-normalises and
+    drops combining marks."""
     tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
                                                 strip_accents=None, lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -34,7 +44,8 @@ def _bert_pipeline(tok: Tokenizer) -> Tokenizer:
     # Mark the specials as special (ids unchanged) so decode(skip_special_tokens) drops them
     # and normalisation never splits them.
     tok.add_special_tokens([t for t in SPECIAL_TOKENS if tok.token_to_id(t) is not None])
-    _set_cls_sep(tok)
+    if tok.token_to_id("[CLS]") is not None and tok.token_to_id("[SEP]") is not None:
+        _set_cls_sep(tok)  # used only with text_cls_token; a vocabulary without them still works without
     return tok
 
 
@@ -69,13 +80,18 @@ def _from_vocab(tokens: Sequence[str]) -> Tokenizer:
 
 
 class TextTokenizer:
-    """Callable turning a list of captions into a LongTensor [B, text_length]."""
+    """Callable turning a list of captions into a LongTensor [B, text_length].
 
-    def __init__(self, tokenizer: Tokenizer, text_length: int):
-        if text_length < 2:
-            raise ValueError(f"text_length must be at least 2 ([CLS] + one token), got {text_length}")
+    cls_token false: word pieces only (the authors' layout); true: [CLS] word pieces [SEP].
+    """
+
+    def __init__(self, tokenizer: Tokenizer, text_length: int, cls_token: bool = False):
+        if text_length < (2 if cls_token else 1):
+            raise ValueError(f"text_length must be at least {2 if cls_token else 1}"
+                             f"{' ([CLS] + one token)' if cls_token else ''}, got {text_length}")
         self.tokenizer = tokenizer
         self.text_length = text_length
+        self.cls_token = bool(cls_token)
         pad_id = None
         for name in ("[PAD]", "<pad>"):
             pad_id = tokenizer.token_to_id(name)
@@ -93,14 +109,17 @@ class TextTokenizer:
         tokenizer.no_padding()
         tokenizer.enable_truncation(max_length=text_length)
         tokenizer.enable_padding(length=text_length, pad_id=pad_id, pad_token=pad_token)
-        probe = tokenizer.encode("a").ids
-        if self.cls_id is not None and probe[0] != self.cls_id:
-            _set_cls_sep(tokenizer)  # a JSON without a post-processor: add BERT's template
+        if self.cls_token:
+            if self.cls_id is None or self.sep_id is None:
+                raise ValueError("data.text_cls_token: the tokenizer vocabulary lacks [CLS] or [SEP]")
+            if tokenizer.encode("a").ids[0] != self.cls_id:
+                _set_cls_sep(tokenizer)  # a JSON without a post-processor: add BERT's template
 
     def encode_caption(self, caption: str) -> list[int] | None:
-        """One caption's text_length ids, or None when it yields no token besides [CLS]/[SEP]/
-        padding (a caption of only zero-width or control characters would train on no text)."""
-        ids = self.tokenizer.encode(caption).ids
+        """One caption's text_length ids, or None when it yields no word piece (only [CLS]/[SEP]/
+        padding: a caption of only zero-width or control characters would train on no text)."""
+        # add_special_tokens decides the layout, whatever post-processor a JSON file carries.
+        ids = self.tokenizer.encode(caption, add_special_tokens=self.cls_token).ids
         return ids if any(t not in (self.cls_id, self.sep_id, self.pad_id) for t in ids) else None
 
     @property
@@ -109,10 +128,11 @@ class TextTokenizer:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
     def __call__(self, texts: Sequence[str] | str) -> torch.Tensor:
-        """Tokenise captions to int64 [B, text_length]: [CLS] first, [SEP], then pad id."""
+        """Tokenise captions to int64 [B, text_length]: word pieces (after [CLS], before [SEP]
+        with cls_token), then the pad id."""
         if isinstance(texts, str):
             texts = [texts]
-        encs = self.tokenizer.encode_batch(list(texts))
+        encs = self.tokenizer.encode_batch(list(texts), add_special_tokens=self.cls_token)
         return torch.tensor([e.ids for e in encs], dtype=torch.long).reshape(len(encs),
                                                                              self.text_length)
 
@@ -129,16 +149,18 @@ class TextTokenizer:
 
     # tokenizers objects pickle fine; define these so DataLoader workers get a usable copy.
     def __getstate__(self):
-        return {"json": self.tokenizer.to_str(), "text_length": self.text_length}
+        return {"json": self.tokenizer.to_str(), "text_length": self.text_length,
+                "cls_token": self.cls_token}
 
     def __setstate__(self, state):
-        self.__init__(Tokenizer.from_str(state["json"]), state["text_length"])
+        self.__init__(Tokenizer.from_str(state["json"]), state["text_length"], state["cls_token"])
 
 
-def load_tokenizer(spec: str, text_length: int) -> TextTokenizer:
-    """Load `spec` ("builtin", a tokenizers JSON file or a BERT vocab.txt) as a fixed-length tokenizer."""
+def load_tokenizer(spec: str, text_length: int, cls_token: bool = False) -> TextTokenizer:
+    """Load `spec` ("builtin", a tokenizers JSON file or a BERT vocab.txt) as a fixed-length
+    tokenizer; `cls_token` is data.text_cls_token (false = the authors' word-piece-only ids)."""
     if spec == "builtin":
-        return TextTokenizer(_from_vocab(builtin_vocab()), text_length)
+        return TextTokenizer(_from_vocab(builtin_vocab()), text_length, cls_token)
     if not os.path.isfile(spec):
         raise ValueError(f"data.tokenizer: no such file {spec!r} (expected a tokenizers JSON, "
                          f"a BERT vocab.txt, or 'builtin')")
@@ -149,13 +171,13 @@ def load_tokenizer(spec: str, text_length: int) -> TextTokenizer:
             tok = Tokenizer.from_file(spec)
         except Exception as e:  # noqa: BLE001 - surface the library's reason in one line
             raise ValueError(f"data.tokenizer: cannot read tokenizers JSON {spec!r}: {e}") from e
-        return TextTokenizer(tok, text_length)
+        return TextTokenizer(tok, text_length, cls_token)
     with open(spec, encoding="utf-8") as f:
         tokens = [line.rstrip("\n") for line in f]
     tokens = [t for t in tokens if t]
-    if not tokens or "[CLS]" not in tokens or "[PAD]" not in tokens:
-        raise ValueError(f"data.tokenizer: {spec!r} is not a BERT vocab.txt ([PAD]/[CLS] missing)")
-    return TextTokenizer(_from_vocab(tokens), text_length)
+    if not tokens or "[PAD]" not in tokens or "[UNK]" not in tokens:
+        raise ValueError(f"data.tokenizer: {spec!r} is not a BERT vocab.txt ([PAD]/[UNK] missing)")
+    return TextTokenizer(_from_vocab(tokens), text_length, cls_token)
 
 
 def _iter_shard_captions(shards: str) -> Iterator[str]:

@@ -103,6 +103,44 @@ def select_device(choice: str, denv: DistEnv) -> torch.device:
     return torch.device("cuda", denv.local_rank % torch.cuda.device_count())
 
 
+def process_groups() -> list:
+    """Every process group this process is a member of: the default group, DeviceMesh sub-groups
+    (HSDP's replicate/shard dimensions) and those DeepSpeed creates; all are registered with
+    c10d as they are made."""
+    from torch.distributed import distributed_c10d as c10d
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return []
+    groups = []
+    for pg in list(c10d._world.pg_map):
+        if pg is c10d.GroupMember.NON_GROUP_MEMBER or pg is None:
+            continue
+        if dist.get_rank(pg) >= 0:
+            groups.append(pg)
+    return groups
+
+
+def set_collective_timeout(seconds: float, groups: list | None = None, sync: bool = True) -> list:
+    """Switch the collective timeout of every process group (or of `groups`) to `seconds`.
+
+    Start-up runs under parallel.init_timeout_s (compile, checkpoint loading and the first
+    steps can keep one rank away for long); afterwards a dead or hung peer should end the job in
+    parallel.timeout_s. sync=True first passes a barrier under the old timeout, so no rank
+    tightens the limit while a slow peer is still starting up. Collective: every rank calls it.
+    Returns the groups it changed."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return []
+    if sync:
+        dist.barrier()
+    from torch.distributed import distributed_c10d as c10d
+
+    setter = getattr(dist, "set_timeout", None) or c10d._set_pg_timeout  # public from torch 2.14 on
+    targets = process_groups() if groups is None else list(groups)
+    for pg in targets:
+        setter(datetime.timedelta(seconds=seconds), pg)
+    return targets
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

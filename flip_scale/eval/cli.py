@@ -80,8 +80,9 @@ def _recipe_mask_ratio(checkpoint: str) -> float:
     import yaml
 
     from ..checkpoint import resolve_checkpoint
+    from ..run_dir import run_dir_of_checkpoint
 
-    config = resolve_checkpoint(checkpoint).parent.parent / "config.yaml"
+    config = run_dir_of_checkpoint(resolve_checkpoint(checkpoint)).config
     data = yaml.safe_load(config.read_text()) if config.is_file() else {}
     return float((data.get("model") or {}).get("eval_mask_ratio", 0.0) or 0.0)
 
@@ -107,7 +108,7 @@ def main_eval(argv: list[str]) -> int:
 
     import torch
 
-    from ..checkpoint import load_for_inference
+    from ..run_dir import load_for_inference
     from ..distributed.env import cleanup, detect_env, init_distributed, select_device
     from .common import ensemble_views
     from .retrieval import evaluate_retrieval
@@ -153,14 +154,16 @@ def main_eval(argv: list[str]) -> int:
 
 
 def _write_outputs(result: dict, args) -> None:
+    from ..run_dir import RunDir
+
     text = json.dumps(result, indent=1) + "\n"
     targets = [Path(args.json)] if args.json else []
-    run_dir = Path(args.checkpoint)
-    if (run_dir / "config.yaml").is_file():  # a run directory: keep results with the run
+    run_dir = RunDir(args.checkpoint)
+    if run_dir.config.is_file():  # a run directory: keep results with the run
         # An ablation setting (other templates, a mask) gets its own file: eval/<dataset>.json
         # stays the run's standard result, the one reports use.
         suffix = f"__{result['variant']}" if result.get("variant") else ""
-        targets.append(run_dir / "eval" / f"{result['dataset']}{suffix}.json")
+        targets.append(run_dir.eval_result(f"{result['dataset']}{suffix}"))
     for path in targets:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, text)

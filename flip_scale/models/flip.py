@@ -17,7 +17,7 @@ class FlipModel(nn.Module):
     L2-normalised; the logit scale comes back already clamped and exponentiated.
 
     With `reconstruction_weight > 0` (paper Table 1f's MAE-style ablation) a small pixel decoder
-    is added and forward returns a 4th value: the weighted reconstruction loss (training only).
+    is added and forward also returns `reconstruction_loss`, already weighted (training only).
     """
 
     def __init__(self, size: ModelSize, mask_ratio: float = 0.0, image_pool: str = "mean_all",
@@ -74,20 +74,22 @@ class FlipModel(nn.Module):
             self.logit_scale.clamp_(0.0, LOGIT_SCALE_MAX)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor, noise: torch.Tensor | None = None,
-                mask_ratio: float | None = None, text_noise: torch.Tensor | None = None):
+                mask_ratio: float | None = None, text_noise: torch.Tensor | None = None) -> dict:
+        """Named outputs (open_clip's dict): `image_features`, `text_features` (L2-normalised),
+        `logit_scale` (clamped, exponentiated) and any auxiliary `*_loss` scalars, which the
+        training step adds to the contrastive loss, so an ablation head needs no branch there."""
         if mask_ratio is None:
             mask_ratio = self.mask_ratio if self.training else 0.0
-        scale = self.logit_scale.clamp(0.0, LOGIT_SCALE_MAX).exp()
-        text_features = self.encode_text(tokens, noise=text_noise)
+        out = {"logit_scale": self.logit_scale.clamp(0.0, LOGIT_SCALE_MAX).exp(),
+               "text_features": self.encode_text(tokens, noise=text_noise)}
         if self.decoder is None:
-            return self.encode_image(images, mask_ratio, noise), text_features, scale
+            out["image_features"] = self.encode_image(images, mask_ratio, noise)
+            return out
         tokens_out, ids_keep = self.visual.forward_tokens(images, mask_ratio, noise)
-        image_features = F.normalize(self.visual.proj(self.visual.pool(tokens_out)), dim=-1)
-        if ids_keep is None or not self.training:
-            aux = scale.new_zeros(())
-        else:
-            aux = self.reconstruction_weight * self.decoder.loss(tokens_out, ids_keep, images)
-        return image_features, text_features, scale, aux
+        out["image_features"] = F.normalize(self.visual.proj(self.visual.pool(tokens_out)), dim=-1)
+        if ids_keep is not None and self.training:
+            out["reconstruction_loss"] = self.reconstruction_weight * self.decoder.loss(tokens_out, ids_keep, images)
+        return out
 
 
 MODEL_OPTIONS = ("text_mask_ratio", "text_mask", "reconstruction_weight", "decoder_width", "decoder_layers",

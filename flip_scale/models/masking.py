@@ -73,3 +73,36 @@ def masking_noise(seed: int, sample_index: torch.Tensor, num_patches: int,
     counters = torch.arange(1, num_patches + 1, dtype=torch.int64, device=device) * _GOLDEN
     bits = _mix64(key + counters)
     return _shr(bits, 11).to(torch.float64) * 2.0**-53
+
+
+class DataPositionNoise:
+    """Masking noise for a training step, keyed on each sample's position in the data stream.
+
+    Position p = step * global_batch + rank * local_batch + i: the p-th sample the run consumes,
+    whichever rank holds it. A sample seen again (next epoch, resampled shard) sits at another
+    position and gets a fresh, independent mask, as the authors' code draws a new mask every step
+    (models_flip.py: random_mask(self.make_rng("dropout"), ...)); yet masks stay a pure function
+    of (seed, position), so a resumed run and every world size draw the same ones.
+
+    Built once: the seed key and the counters live on the device, so a step's noise costs a few
+    integer kernels and no host-to-device copy (`step` enters as a kernel scalar).
+    """
+
+    def __init__(self, seed: int, num_tokens: int, local_batch: int, rank: int, global_batch: int,
+                 device: torch.device | str, stream: int = IMAGE_STREAM):
+        device = torch.device(device)
+        self.global_batch = global_batch
+        self.offsets = torch.arange(local_batch, dtype=torch.int64, device=device) + rank * local_batch
+        seed_key = _mix64(torch.tensor(int(seed) % 2**63, dtype=torch.int64, device=device))
+        self.stream_key = _mix64(seed_key + int(stream))
+        self.counters = torch.arange(1, num_tokens + 1, dtype=torch.int64, device=device) * _GOLDEN
+
+    def positions(self, step: int) -> torch.Tensor:
+        """Data positions of this rank's samples at (0-based) `step`."""
+        return self.offsets + step * self.global_batch
+
+    def __call__(self, step: int, rows: slice = slice(None)) -> torch.Tensor:
+        """Noise [B_rows, N] for this rank's samples `rows` of `step` (the same values as
+        masking_noise(seed, positions, N, stream=...))."""
+        key = _mix64(self.stream_key ^ self.positions(step)[rows].view(-1, 1))
+        return _shr(_mix64(key + self.counters), 11).to(torch.float64) * 2.0**-53

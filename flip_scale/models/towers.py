@@ -20,12 +20,17 @@ from .pos_embed import sincos_2d
 # Flax's LayerNorm epsilon, as in the authors' JAX code.
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
+# Flax's nn.gelu defaults to approximate=True (the tanh form); the authors' MlpBlock calls it
+# without arguments (models_flip.py, MlpBlock: `x = nn.gelu(x)`), so every block uses tanh GELU.
+GELU = partial(nn.GELU, approximate="tanh")
+
 IMAGE_POOLS = ("mean_all", "mean_patches", "cls")
 
 
 def _blocks(depth: int, width: int, heads: int, mlp_ratio: float) -> nn.ModuleList:
     return nn.ModuleList(
-        Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=True, norm_layer=LayerNorm) for _ in range(depth)
+        Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=True, norm_layer=LayerNorm, act_layer=GELU)
+        for _ in range(depth)
     )
 
 
@@ -81,8 +86,12 @@ class VisionTower(nn.Module):
 class TextTower(nn.Module):
     """Bidirectional transformer, learned positions, no padding mask, first-token feature.
 
+    The feature is the final-norm output at position 0 whatever data.text_cls_token says: the
+    caption's first word piece (the authors' tokens, `z_txt = x_txt[:, 0, :]` in models_flip.py)
+    or [CLS].
+
     Optional text masking (paper Table 1c, off by default; not in the authors' release): in
-    training keep int(L * (1 - ratio)) tokens, the first ([CLS], whose output is the feature)
+    training keep int(L * (1 - ratio)) tokens, the first (whose output is the feature)
     always, the rest chosen at random (`random`) or dropping padding before real tokens
     (`padding_first`). Like image masking, it happens after the position embedding.
     """

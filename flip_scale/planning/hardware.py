@@ -11,6 +11,7 @@ class GpuSpec:
     name: str
     memory_gb: float          # decimal GB as vendors quote them (80 GB = 80e9 bytes)
     peak_flops: dict          # precision -> dense FLOP/s (no sparsity)
+    nvlink_gbps: float = 3600  # NVLink per GPU and direction, Gb/s (H100/H200: 18 links x 25 GB/s)
 
     @property
     def memory_bytes(self) -> float:
@@ -22,8 +23,9 @@ class GpuSpec:
 GPUS: dict[str, GpuSpec] = {
     "h100": GpuSpec("H100 SXM 80GB", 80, PEAK_FLOPS["h100"]),
     "h200": GpuSpec("H200 SXM 141GB", 141, PEAK_FLOPS["h200"]),
-    "a100": GpuSpec("A100 80GB", 80, PEAK_FLOPS["a100"]),
-    "a100-40gb": GpuSpec("A100 40GB", 40, PEAK_FLOPS["a100"]),
+    # A100: NVLink 3, 12 links x 25 GB/s per direction = 300 GB/s.
+    "a100": GpuSpec("A100 80GB", 80, PEAK_FLOPS["a100"], 2400),
+    "a100-40gb": GpuSpec("A100 40GB", 40, PEAK_FLOPS["a100"], 2400),
 }
 
 
@@ -33,5 +35,6 @@ def get_gpu(name: str, memory_gb: float | None = None) -> GpuSpec:
         raise ValueError(f"unknown GPU {name!r}; choose one of {', '.join(GPUS)}")
     spec = GPUS[key]
     if memory_gb is not None:  # e.g. `--gpu a100 --gpu-memory-gb 40`
-        spec = GpuSpec(f"{spec.name.rsplit(' ', 1)[0]} {memory_gb:g}GB", memory_gb, spec.peak_flops)
+        spec = GpuSpec(f"{spec.name.rsplit(' ', 1)[0]} {memory_gb:g}GB", memory_gb, spec.peak_flops,
+                       spec.nvlink_gbps)
     return spec

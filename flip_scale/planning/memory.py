@@ -162,6 +162,9 @@ def _param_counts_cached(size: ModelSize) -> dict:
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     return {"total": count(model), "image": count(model.visual), "text": count(model.text),
             "largest_block": max(count(b) for b in model.transformer_blocks()),
+            # per-tower block sizes and counts: the FSDP units the communication model gathers
+            "image_block": count(model.visual.blocks[0]), "image_layers": len(model.visual.blocks),
+            "text_block": count(model.text.blocks[0]), "text_layers": len(model.text.blocks),
             "outside_blocks": count(model) - sum(count(b) for b in model.transformer_blocks())}
 
 
@@ -205,8 +208,13 @@ def partition_scheme(backend: str, zero_stage: int | None) -> str:
 
 def plan_memory(size: ModelSize, *, mask_ratio: float, text_length: int, precision: str, backend: str,
                 zero_stage: int | None, checkpointing: bool, world_size: int, global_batch: int,
-                capacity_gb: float, flash_attention: bool = True, text_mask_ratio: float = 0.0) -> MemoryPlan:
+                capacity_gb: float, flash_attention: bool = True, text_mask_ratio: float = 0.0,
+                shard_group: int | None = None, kept_gathered_params: int = 0) -> MemoryPlan:
+    """shard_group: ranks that partition one model copy (HSDP); None = all ranks.
+    kept_gathered_params: block parameters FSDP keeps gathered from forward to backward
+    (parallel.reshard_after_forward false for their tower), held in the compute dtype."""
     scheme = partition_scheme(backend, zero_stage)
+    shard_ranks = shard_group or world_size
     counts = param_counts(size)
     n = counts["total"]
     if precision == "fp32":
@@ -214,14 +222,14 @@ def plan_memory(size: ModelSize, *, mask_ratio: float, text_length: int, precisi
     else:
         w, g, m, mo = STATE_BYTES[("bf16", backend if backend in ("deepspeed", "fsdp") else "autocast")]
     split = PARTITIONED[scheme]
-    shard = lambda name, b: n * b / (world_size if name in split else 1) / GB  # noqa: E731
+    shard = lambda name, b: n * b / (shard_ranks if name in split else 1) / GB  # noqa: E731
     weights, grads, master, moments = shard("weights", w), shard("grads", g), shard("master", m), shard("moments", mo)
     compute_bytes = 2 if precision == "bf16" else 4
     if scheme == "zero3":
         # Gathered copies of the blocks in flight (weights in the compute dtype, their fp32
         # grads before reduce-scatter), plus the root (embeddings, norms, heads) kept gathered.
         working = (FSDP_INFLIGHT_BLOCKS * counts["largest_block"] * (compute_bytes + 4)
-                   + counts["outside_blocks"] * compute_bytes) / GB
+                   + counts["outside_blocks"] * compute_bytes + kept_gathered_params * compute_bytes) / GB
     elif precision == "bf16" and backend not in ("deepspeed",):
         working = n * 2 / GB  # autocast caches a bf16 copy of every weight during forward
     else:
@@ -242,3 +250,47 @@ def plan_memory(size: ModelSize, *, mask_ratio: float, text_length: int, precisi
     return MemoryPlan(scheme, world_size, micro, weights, grads, master, moments, working, activations, loss,
                       workspace, total, capacity_gb, usable, total <= usable, max_micro,
                       act["total"] / GB, checkpointing)
+
+
+def towers_kept_gathered(size: ModelSize, *, mask_ratio: float, text_length: int, precision: str,
+                         checkpointing: bool, world_size: int, global_batch: int, capacity_gb: float,
+                         shard_group: int | None = None, flash_attention: bool = True,
+                         text_mask_ratio: float = 0.0) -> dict:
+    """parallel.reshard_after_forward: auto. Which towers' gathered block parameters (compute
+    dtype) fit in what the FSDP plan leaves free of the card, next to the activations: those skip
+    the re-gather in backward. The smaller tower (text) is tried first."""
+    plan = plan_memory(size, mask_ratio=mask_ratio, text_length=text_length, precision=precision, backend="fsdp",
+                       zero_stage=None, checkpointing=checkpointing, world_size=world_size,
+                       global_batch=global_batch, capacity_gb=capacity_gb, flash_attention=flash_attention,
+                       text_mask_ratio=text_mask_ratio, shard_group=shard_group)
+    counts = param_counts(size)
+    per_param = 2 if precision == "bf16" else 4
+    free = plan.usable_gb - plan.total_gb
+    keep = {}
+    for tower in ("text", "image"):
+        need = counts[f"{tower}_block"] * counts[f"{tower}_layers"] * per_param / GB
+        keep[tower] = need <= free
+        if keep[tower]:
+            free -= need
+    return keep
+
+
+def resolve_reshard(cfg, world: int, capacity_gb: float | None) -> dict:
+    """parallel.reshard_after_forward per tower ({"image": bool, "text": bool}): true / false as
+    given; auto reshards a tower unless its gathered block parameters fit next to the
+    activations on a card of capacity_gb (None, e.g. on CPU: no card to plan against, so
+    reshard, the memory-safe choice)."""
+    from ..models.sizes import get_size
+
+    value = cfg.parallel.reshard_after_forward
+    if isinstance(value, bool):
+        return {"image": value, "text": value}
+    if capacity_gb is None:
+        return {"image": True, "text": True}
+    m = cfg.model
+    size = get_size(m.name, image_size=cfg.data.image_size, text_length=m.text_length)
+    keep = towers_kept_gathered(size, mask_ratio=m.mask_ratio, text_length=m.text_length,
+                                precision=cfg.parallel.precision, checkpointing=cfg.parallel.activation_checkpointing,
+                                world_size=world, global_batch=cfg.train.global_batch_size, capacity_gb=capacity_gb,
+                                shard_group=cfg.parallel.shard_group_size, text_mask_ratio=m.text_mask_ratio)
+    return {tower: not kept for tower, kept in keep.items()}

@@ -9,9 +9,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from ..config import config_from_dict
+from ..run_dir import RunDir, read_run_config
 from ..models.flops import train_flops_per_sample
 from ..models.sizes import get_size
 from ..metrics import read_jsonl
@@ -147,19 +145,17 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def load_run(path: str | Path) -> Run:
     path = Path(path)
-    cfg_path = path / "config.yaml"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{path}: not a run directory (no config.yaml)")
-    config = config_from_dict(yaml.safe_load(cfg_path.read_text()) or {}, str(cfg_path))
-    summary_path = path / "summary.json"
+    layout = RunDir(path)
+    config = read_run_config(path)
+    summary_path = layout.summary
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     evals = {}
-    for f in sorted((path / "eval").glob("*.json")):
+    for f in sorted(layout.eval.glob("*.json")):
         result = json.loads(f.read_text())
         if result.get("variant"):  # an ablation setting (templates, masked inference), not the run's result
             continue
         evals[result.get("dataset", f.stem)] = result
-    return Run(path.name, path, config, _read_jsonl(path / "metrics.jsonl"), summary, evals)
+    return Run(path.name, path, config, _read_jsonl(layout.metrics), summary, evals)
 
 
 def load_runs(paths) -> list[Run]:

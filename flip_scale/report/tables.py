@@ -49,9 +49,28 @@ def our_table_8_values(run: Run) -> dict[str, float | None]:
     return out
 
 
-def _matches(run: Run, case: dict) -> bool:
-    return (run.model == case["model"] and run.data == case["data"] and run.samples == case["samples"]
-            and abs(run.mask_ratio - 0.5) < 1e-9)
+def _pretraining_of(run: Run, runs: list[Run]) -> Run | None:
+    """The run whose weights `run` started from (train.init_from names its directory), if loaded."""
+    init = run.config.train.init_from
+    if not init:
+        return None
+    from pathlib import Path
+
+    target = Path(init)
+    for r in runs:
+        if r is not run and (r.path.resolve() == target.resolve() or
+                             (not target.is_absolute() and r.path.resolve().parts[-len(target.parts):] == target.parts)):
+            return r
+    return None
+
+
+def _matches(run: Run, case: dict, runs: list[Run]) -> bool:
+    """Like with like: Table 8's numbers are measured after unmasked tuning (its baseline row is
+    Table 2's tuned L/16), so a case matches the mask-0 tuning run whose pre-training (its
+    init_from, among the loaded runs) has the case's model, data, schedule and 50% mask."""
+    pre = _pretraining_of(run, runs) if run.mask_ratio == 0 else None
+    return (pre is not None and pre.model == case["model"] == run.model and pre.data == case["data"]
+            and pre.samples == case["samples"] and abs(pre.mask_ratio - 0.5) < 1e-9)
 
 
 TABLE_8_HEADERS = ["case", "model", "data", "samples", "run"] + [
@@ -59,12 +78,13 @@ TABLE_8_HEADERS = ["case", "model", "data", "samples", "run"] + [
 
 
 def table_8(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
-    """The paper's six cases with our matching run beside each (same model, data, schedule,
-    50% mask); runs matching no case follow with the paper's columns empty."""
+    """The paper's six cases with our matching run beside each (the unmasked tuning of a 50%-mask
+    pre-training with the same model, data and schedule, as the paper measured them); runs
+    matching no case (a pre-training alone among them) follow with the paper's columns empty."""
     rows, used = [], set()
     for case in TABLE_8:
-        match = next((r for r in runs if _matches(r, case) and r.finished), None) or \
-            next((r for r in runs if _matches(r, case)), None)
+        match = next((r for r in runs if _matches(r, case, runs) and r.finished), None) or \
+            next((r for r in runs if _matches(r, case, runs)), None)
         ours = our_table_8_values(match) if match else {}
         if match:
             used.add(id(match))

@@ -70,3 +70,12 @@ def adapt_weights(state_dict: dict, model: FlipModel) -> dict:
         if key not in out and key.endswith("pos_embed") and key.startswith(("visual.", "decoder.")):
             out[key] = own[key]
     return out
+
+
+def parallelize_and_build_optimizer(backend, model, cfg: Config) -> None:
+    """torchtitan's order: wrap/shard the model, THEN build the optimizer over the parameters the
+    backend now holds (sharded DTensors under FSDP), with FLIP's weight-decay groups."""
+    from .optim import param_groups
+
+    backend.parallelize(model)
+    backend.build_optimizer(param_groups(backend.model, cfg.train.weight_decay))

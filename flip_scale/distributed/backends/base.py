@@ -1,8 +1,9 @@
 """The one interface the trainer talks to. Each backend is one file plus a registry entry.
 
 Build order (torchtitan's): the plain model is built, then `parallelize` applies activation
-checkpointing, then per-block compile, then the backend's wrapping/sharding, and only then is
-the optimizer built over the (possibly sharded) parameters.
+checkpointing, then per-block compile, then the backend's wrapping/sharding, and only then does
+the trainer build the optimizer over the (possibly sharded) parameters, handing its parameter
+groups to `build_optimizer` (so this package never imports the training code).
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import torch
 from torch import nn
 
 from ...config import Config
-from ...train.optim import param_groups
 from ..env import DistEnv
 
 
@@ -49,27 +49,27 @@ class Backend:
 
     # -- set-up -----------------------------------------------------------------------------
     def parallelize(self, model: nn.Module) -> None:
-        """Activation checkpointing, then compile, then this backend's `wrap`; then the optimizer."""
+        """Activation checkpointing, then compile, then this backend's `wrap`."""
         if self.cfg.parallel.activation_checkpointing:
             apply_activation_checkpointing(model)
         if self.cfg.parallel.compile:
             apply_compile(model)
         self.model = model
         self.module = self.wrap(model)
-        self.optimizer = self.build_optimizer(param_groups(self.model, self.cfg.train.weight_decay))
 
     def wrap(self, model: nn.Module) -> nn.Module:
         return model
 
-    def build_optimizer(self, groups: list[dict]):
+    def build_optimizer(self, groups: list[dict]) -> None:
+        """AdamW over `groups` (the trainer's decay groups of self.model's parameters).
+
+        Fused (one multi-tensor kernel, on CUDA and on CPU) because it takes `found_inf`: a
+        non-finite step is skipped on the device, with no host sync (see `step`)."""
         t = self.cfg.train
-        # Fused AdamW (one pass over each parameter's state) on CUDA and on CPU too: on the CPU it
-        # is ~4.7x faster than foreach, which is slower there than the plain loop (vit_b16,
-        # 140M parameters, one thread: fused 0.69 s, loop 2.5 s, foreach 3.3 s per step;
-        # bench/bench_vs_openclip.py in BENCHMARKS.md). Same update within fp32 rounding.
-        fused = self.device.type in ("cuda", "cpu")
-        return torch.optim.AdamW(groups, lr=0.0, betas=(t.beta1, t.beta2), eps=t.eps,
-                                 fused=fused, foreach=None if fused else True)
+        # Fused on the CPU too: there it is ~4.7x faster than foreach, which is slower than the
+        # plain loop (vit_b16, 140M parameters, one thread: fused 0.69 s, loop 2.5 s, foreach
+        # 3.3 s per step; bench/bench_vs_openclip.py in BENCHMARKS.md). Same update within fp32.
+        self.optimizer = torch.optim.AdamW(groups, lr=0.0, betas=(t.beta1, t.beta2), eps=t.eps, fused=True)
 
     # -- step -------------------------------------------------------------------------------
     def autocast(self):
@@ -81,17 +81,34 @@ class Backend:
         loss.backward()
 
     def clip_grad_norm(self) -> torch.Tensor:
-        max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else float("inf")
-        return torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=True)
+        """The global gradient norm (logged, and the skip test of `step`); clips when
+        train.grad_clip > 0 (FLIP's optimizer never clips: default 0)."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        total = torch.nn.utils.get_total_norm([p.grad for p in params], norm_type=2.0, foreach=True)
+        if self.cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grads_with_norm_(params, self.cfg.train.grad_clip, total, foreach=True)
+        return total
 
     def step(self, lr: float) -> torch.Tensor:
-        """Clip, step, zero grads; returns the pre-clip global grad norm (a device tensor, no sync)."""
+        """Clip, step, zero grads; returns the pre-clip global grad norm (a device tensor, no sync).
+
+        A non-finite norm (a NaN/inf loss or gradient on any rank: the gradients are reduced
+        before the norm, so every rank sees the same norm) skips the update on the device: the
+        fused AdamW kernel leaves parameters, moments and its step count untouched when
+        `found_inf` is 1 (the mechanism GradScaler uses). The caller counts skips from the norm."""
         norm = self.clip_grad_norm()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        self.optimizer.found_inf = (~torch.isfinite(norm)).float().reshape(())
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm
+
+    @contextlib.contextmanager
+    def no_grad_sync(self):
+        """Backward passes inside accumulate gradients locally without reducing them (all micro
+        batches but the last of a step)."""
+        yield
 
     def zero_grad(self) -> None:
         """Drop gradients without stepping (a skipped, non-finite step)."""
@@ -106,6 +123,10 @@ class Backend:
         return float(self.model.logit_scale.detach().float().exp().max())
 
     # -- checkpoints ------------------------------------------------------------------------
+    # Backends that can write a checkpoint in the background implement async_save_context()
+    # and save_async(ckpt_dir, ctx) -> Future (FSDP: DCP's async_save); the others save in line.
+    supports_async_save = False
+
     def save(self, ckpt_dir: Path) -> None:
         """Write model + optimizer state into ckpt_dir. Called on EVERY rank (collective)."""
         raise NotImplementedError

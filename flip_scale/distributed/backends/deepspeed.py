@@ -25,10 +25,12 @@ import torch.distributed as dist
 from torch import nn
 
 from ...models.towers import LOGIT_SCALE_MAX
+from ..collectives import any_rank
 from .base import Backend
 from .bf16_inputs import cast_block_inputs, cast_image_input
 from .process_group import ensure_process_group
 
+COMM_BYTES = 4  # gradients are reduced in fp32 (communication_data_type), in bf16 and fp32 runs alike
 TAG = "deepspeed"  # checkpoint sub-folder: ckpt_dir/deepspeed/{mp_rank_00_model_states.pt, ...}
 _WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.", "module.")
 
@@ -54,7 +56,20 @@ def deepspeed_config(cfg, world_size: int) -> dict:
     """Our recipe -> DeepSpeed's JSON config."""
     t, p = cfg.train, cfg.parallel
     bf16 = p.precision == "bf16"
-    zero = {"stage": p.zero_stage or 2}
+    stage = p.zero_stage or 2
+    # Buckets are counted in elements; gradients travel in fp32 (communication_data_type below).
+    bucket = int(p.bucket_mb * 1e6 / COMM_BYTES)
+    zero = {"stage": stage,
+            # Reduce each bucket as soon as backward fills it, on a side stream, so the reduction
+            # runs under the rest of backward (off, the reduces run synchronously in backward).
+            "overlap_comm": p.overlap_comm,
+            "contiguous_gradients": True,
+            "reduce_scatter": True,  # reduce-scatter, not all-reduce: each rank keeps its partition
+            "reduce_bucket_size": bucket}
+    if stage == 3:
+        zero["stage3_prefetch_bucket_size"] = bucket
+    else:
+        zero["allgather_bucket_size"] = bucket  # the post-step all-gather of updated weights
     return {
         "train_batch_size": t.global_batch_size,
         "train_micro_batch_size_per_gpu": t.global_batch_size // world_size,
@@ -65,7 +80,7 @@ def deepspeed_config(cfg, world_size: int) -> dict:
         "bf16": {"enabled": bf16},
         # Reduce gradients in fp32, as FSDP's MixedPrecisionPolicy(reduce_dtype=fp32) does: the
         # contrastive gradient is averaged over many ranks and bf16 sums lose small terms.
-        "communication_data_type": "fp32" if bf16 else None,
+        "communication_data_type": "fp32",
         # Our AdamW is not on DeepSpeed's tested list; ZeRO only partitions its state.
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**31 - 1,  # the trainer logs; keep DeepSpeed quiet
@@ -92,7 +107,7 @@ class DeepSpeedBackend(Backend):
     def autocast(self):
         return contextlib.nullcontext()  # see the module docstring
 
-    def build_optimizer(self, groups: list[dict]):
+    def build_optimizer(self, groups: list[dict]) -> None:
         import deepspeed
 
         ensure_process_group(self.device)  # DeepSpeed reuses an existing torch.distributed group
@@ -119,13 +134,22 @@ class DeepSpeedBackend(Backend):
                                                           dist_init_required=False)
         self.engine = engine
         self.module = engine  # the trainer calls the engine's forward
-        return ds_optimizer
+        self.optimizer = ds_optimizer
 
     # -- step -------------------------------------------------------------------------------
     def backward(self, loss: torch.Tensor) -> None:
-        self.engine.backward(loss)
+        # DeepSpeed's engine has no device-side skip for bf16/fp32 steps (only fp16 loss scaling
+        # skips), so a non-finite loss is agreed on the host here, before backward: this is the
+        # one per-step host sync that remains, and only under DeepSpeed. A skipped step never
+        # enters backward, so the engine's gradient buffers stay clean.
+        self._skip = any_rank(~torch.isfinite(loss.detach()).reshape(1))[0]
+        if not self._skip:
+            self.engine.backward(loss)
 
     def step(self, lr: float) -> torch.Tensor:
+        if self._skip:
+            self.engine.zero_grad()
+            return torch.tensor(float("nan"), device=self.device)
         for group in self.engine.optimizer.param_groups:
             group["lr"] = lr
         self.engine.step()  # clips (config), steps, zeroes the gradients

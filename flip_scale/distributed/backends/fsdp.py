@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ...planning.memory import resolve_reshard
 from .base import Backend
 from .bf16_inputs import cast_image_input
 from .process_group import ensure_process_group
@@ -36,8 +37,35 @@ def _strip_wrappers(name: str) -> str:
     return name
 
 
-def apply_fsdp(model: nn.Module, mesh, precision: str) -> None:
+def build_mesh(device_type: str, world: int, shard_group_size: int | None):
+    """Flat FSDP: a 1-D mesh over all ranks. HSDP (parallel.shard_group_size = G < world): a 2-D
+    mesh (replicate, shard) of world/G copies x G ranks; consecutive ranks (one node when G is
+    the node's GPU count) shard a copy, so the parameter gathers and gradient reduce-scatters stay
+    inside a node, and only each rank's gradient shard is all-reduced across the copies.
+    fully_shard on a 2-D mesh is FSDP2's HSDP; DCP checkpoints save each shard once and load into
+    either layout."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if shard_group_size is None or shard_group_size >= world:
+        return init_device_mesh(device_type, (world,))
+    if world % shard_group_size:
+        raise ValueError(f"parallel.shard_group_size {shard_group_size} does not divide the world size {world}")
+    return init_device_mesh(device_type, (world // shard_group_size, shard_group_size),
+                            mesh_dim_names=("replicate", "shard"))
+
+
+def text_units(blocks, blocks_per_unit: int) -> list:
+    """The text tower's blocks in FSDP units of blocks_per_unit consecutive blocks (one
+    all-gather / reduce-scatter each): a 1024-wide text block is ~12M parameters, a few tens of
+    KB per rank at hundreds of ranks, where each collective's fixed latency dominates."""
+    blocks = list(blocks)
+    return [blocks[i:i + blocks_per_unit] for i in range(0, len(blocks), blocks_per_unit)]
+
+
+def apply_fsdp(model: nn.Module, mesh, precision: str, reshard: dict | None = None, blocks_per_unit: int = 1) -> None:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    reshard = reshard or {"image": True, "text": True}
 
     bf16 = precision == "bf16"
     block_mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32)
@@ -46,10 +74,14 @@ def apply_fsdp(model: nn.Module, mesh, precision: str) -> None:
     # The blocks still cast their own inputs, so everything inside them runs in bf16.
     root_mp = MixedPrecisionPolicy(param_dtype=block_mp.param_dtype, reduce_dtype=torch.float32,
                                    cast_forward_inputs=False)
-    for blocks in (model.visual.blocks, model.text.blocks):
-        for block in blocks:
-            # reshard_after_forward=True: gather again in backward (ZeRO-3 memory behaviour).
-            fully_shard(block, mesh=mesh, mp_policy=block_mp, reshard_after_forward=True)
+    # reshard_after_forward=True: gather again in backward (ZeRO-3 memory behaviour); False keeps
+    # the tower's gathered parameters from forward to backward (one all-gather fewer per unit).
+    for block in model.visual.blocks:
+        fully_shard(block, mesh=mesh, mp_policy=block_mp, reshard_after_forward=reshard["image"])
+    for unit in text_units(model.text.blocks, blocks_per_unit):
+        # A list is one FSDP unit (one parameter group); names and state dicts are unchanged.
+        fully_shard(unit if len(unit) > 1 else unit[0], mesh=mesh, mp_policy=block_mp,
+                    reshard_after_forward=reshard["text"])
     # The root holds embeddings, norms, projections and the logit scale; it stays gathered
     # after forward since backward needs it first anyway.
     fully_shard(model, mesh=mesh, mp_policy=root_mp, reshard_after_forward=False)
@@ -61,13 +93,15 @@ class FSDPBackend(Backend):
     name = "fsdp"
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import register_fsdp_forward_method
 
         ensure_process_group(self.device)
         model.to(self.device)
-        mesh = init_device_mesh(self.device.type, (dist.get_world_size(),))
-        apply_fsdp(model, mesh, self.cfg.parallel.precision)
+        mesh = build_mesh(self.device.type, dist.get_world_size(), self.cfg.parallel.shard_group_size)
+        capacity = (torch.cuda.get_device_properties(self.device).total_memory / 1e9
+                    if self.device.type == "cuda" else None)
+        self.reshard = resolve_reshard(self.cfg, dist.get_world_size(), capacity)  # per tower
+        apply_fsdp(model, mesh, self.cfg.parallel.precision, self.reshard, self.cfg.parallel.blocks_per_unit)
         # Evaluation calls these instead of forward; registering them makes FSDP gather the
         # parameters around them as it does around forward.
         for method in ("encode_image", "encode_text"):
@@ -76,6 +110,16 @@ class FSDPBackend(Backend):
 
     def autocast(self):
         return contextlib.nullcontext()  # see module docstring: bf16 comes from the FSDP policy
+
+    @contextlib.contextmanager
+    def no_grad_sync(self):
+        # FSDP2: skip the reduce-scatter of micro batches before the last; gradients accumulate
+        # unsharded until the last backward reduces them all at once.
+        self.model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            self.model.set_requires_gradient_sync(True)
 
     def clip_grad_norm(self) -> torch.Tensor:
         from torch.distributed.tensor import DTensor
@@ -107,6 +151,20 @@ class FSDPBackend(Backend):
 
         model_sd, optim_sd = self._state_dicts()
         dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(ckpt_dir))
+
+    supports_async_save = True
+
+    def async_save_context(self) -> "AsyncSaveContext":
+        return AsyncSaveContext(self.device)
+
+    def save_async(self, ckpt_dir: Path, ctx: "AsyncSaveContext"):
+        """Stage model + optimizer state in host memory (training waits for this copy only) and
+        write it in a background thread; returns the write's Future (DCP's async_save)."""
+        import torch.distributed.checkpoint as dcp
+
+        model_sd, optim_sd = self._state_dicts()
+        return dcp.async_save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(ckpt_dir),
+                              process_group=ctx.process_group, async_stager=ctx.stager, planner=ctx.planner)
 
     def load(self, ckpt_dir: Path) -> None:
         import torch.distributed.checkpoint as dcp
@@ -145,3 +203,28 @@ class FSDPBackend(Backend):
         # offload only rank 0 would receive it); tensors are then moved to the CPU one by one.
         sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
         return {k: v.detach().cpu() for k, v in sd.items()}
+
+
+class AsyncSaveContext:
+    """What asynchronous saves reuse from one to the next (torchtitan's async_mode):
+
+    - a gloo group of its own: the write thread's collectives (plan gather, finish) must not
+      share a communicator with the training thread's, and DCP needs a CPU backend anyway;
+    - a stager that copies into host buffers kept between saves (pinned on CUDA, so the copy is
+      a fast DMA); staging is synchronous, so the copy is complete when save_async returns and
+      training may modify the parameters again;
+    - a planner with plan caching: from the second save on, ranks skip re-planning.
+    """
+
+    def __init__(self, device: torch.device):
+        from torch.distributed.checkpoint import DefaultSavePlanner
+        from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+        cuda = device.type == "cuda"
+        self.process_group = dist.new_group(backend="gloo")
+        self.stager = DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=False,
+                                                   use_async_staging=False, use_non_blocking_copy=cuda))
+        self.planner = DefaultSavePlanner(enable_plan_caching=True)
+
+    def close(self) -> None:
+        self.stager.close()

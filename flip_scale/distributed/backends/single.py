@@ -48,3 +48,6 @@ class DDPBackend(SingleBackend):
         ids = [self.device.index] if self.device.type == "cuda" else None
         # The model's forward returns the logit scale too, so every parameter gets a gradient.
         return DistributedDataParallel(model, device_ids=ids)
+
+    def no_grad_sync(self):
+        return self.module.no_sync()
