@@ -1,6 +1,6 @@
 """Our training step against open_clip's on the same architecture, alternating in one process.
 
-    python bench/bench_vs_openclip.py [--trials 5] [--steps 2] [--json] [--write]
+    python bench/bench_vs_openclip.py [--trials 5] [--steps 1] [--json] [--write]
 
 Ours: the trainer's step through the `single` backend (bench/engine_loop.py's Engine, the
 trainer's TrainStep: masks from the data positions, forward, losses, backward, gradient norm and
@@ -266,7 +266,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--masks", type=float, nargs="+", default=[0.0, 0.5, 0.75])
     ap.add_argument("--trials", type=int, default=5, help="alternating rounds; ratios are medians over them")
-    ap.add_argument("--steps", type=int, default=2, help="timed steps per engine, mask and trial")
+    ap.add_argument("--steps", type=int, default=1, help="timed steps per engine, mask and trial (interleaved)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per engine and mask before the trials")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: steadier on a shared machine)")
     ap.add_argument("--image-size", type=int, default=112)
