@@ -1,12 +1,13 @@
 """Our training step against open_clip's on the same architecture, alternating in one process.
 
-    python bench/bench_vs_openclip.py [--trials 5] [--steps 2] [--json] [--write]
+    python bench/bench_vs_openclip.py [--trials 5] [--steps 1] [--json] [--write]
 
-Ours: the trainer's step through the `single` backend (bench/engine_loop.py's Engine: forward
-with FLIP masking, clip_loss, backward, grad clipping, AdamW, logit-scale clamp). open_clip: its
-CLIP with PatchDropout, ClipLoss, and AdamW built and stepped as open_clip_train builds them
-(main.py's two decay groups, train.py's step: zero_grad, forward, loss, backward,
-clip_grad_norm_, step, logit-scale clamp), with the same grad clip norm as ours (1.0).
+Ours: the trainer's step through the `single` backend (bench/engine_loop.py's Engine, the
+trainer's TrainStep: masks from the data positions, forward, losses, backward, gradient norm and
+the device-side non-finite skip, fused AdamW, logit-scale clamp). open_clip: its CLIP with
+PatchDropout, ClipLoss, and AdamW built and stepped as open_clip_train builds them (main.py's two
+decay groups, train.py's step: zero_grad, forward, loss, backward, clip_grad_norm_ when clipping,
+step, logit-scale clamp), clipping like ours (train.grad_clip; FLIP's default 0: neither clips).
 
 Same architecture on both sides: vit_b16 towers (ViT-B/16 image, 12x512 text), 112 px (49
 patches), batch 32, text length 32, our vocabulary (30523), fp32, CPU. open_clip is set up as
@@ -162,7 +163,7 @@ def run(masks: list[float], trials: int, steps: int, warmup: int, image_size: in
                      "wall_speed_ratio": statistics.median(wall_ratios)})
     return {"model": "vit_b16", "image_size": image_size, "batch": batch, "text_length": text_length,
             "precision": "fp32", "device": "cpu", "threads": torch.get_num_threads(), "trials": trials,
-            "steps_per_trial": steps, "timing": "process CPU time", "params": params, "rows": rows}
+            "steps_per_trial": steps, "timing": "process CPU time", "grad_clip": ours.cfg.train.grad_clip, "params": params, "rows": rows}
 
 
 def profile(mask: float, image_size: int, batch: int, text_length: int, rows: int = 30) -> str:
@@ -241,7 +242,7 @@ def write_section(result: dict, body: str, command: str) -> None:
     cpu = platform.processor() or platform.machine()
     header = (f"{SECTION}\n\nWhat is measured: one training step of ours (`single` backend, the trainer's step) and"
               f" of open_clip {open_clip.__version__} (CLIP + PatchDropout + ClipLoss + AdamW as open_clip_train"
-              f" builds them, grad clip 1.0 like ours) on the same architecture: vit_b16 towers at"
+              f" builds them, grad clip {result.get('grad_clip', 0.0)} like ours) on the same architecture: vit_b16 towers at"
               f" {result['image_size']} px, batch {result['batch']}, text length {result['text_length']}, fp32,"
               f" one process, {result['threads']} thread(s); alternating in one invocation, {result['trials']}"
               f" trials of {result['steps_per_trial']} steps per engine and mask, medians of the process's CPU time per"
@@ -265,7 +266,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--masks", type=float, nargs="+", default=[0.0, 0.5, 0.75])
     ap.add_argument("--trials", type=int, default=5, help="alternating rounds; ratios are medians over them")
-    ap.add_argument("--steps", type=int, default=2, help="timed steps per engine, mask and trial")
+    ap.add_argument("--steps", type=int, default=1, help="timed steps per engine, mask and trial (interleaved)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per engine and mask before the trials")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: steadier on a shared machine)")
     ap.add_argument("--image-size", type=int, default=112)

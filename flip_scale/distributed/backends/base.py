@@ -67,8 +67,9 @@ class Backend:
         non-finite step is skipped on the device, with no host sync (see `step`)."""
         t = self.cfg.train
         # Fused on the CPU too: there it is ~4.7x faster than foreach, which is slower than the
-        # plain loop (vit_b16, 140M parameters, one thread: fused 0.69 s, loop 2.5 s, foreach
-        # 3.3 s per step; bench/bench_vs_openclip.py in BENCHMARKS.md). Same update within fp32.
+        # plain loop (vit_b16, 140M parameters, one thread: fused 0.18 s, loop 0.77 s, foreach
+        # 0.84 s of CPU per step; `bench/bench_vs_openclip.py --optimizers`, BENCHMARKS.md).
+        # Same update within fp32.
         self.optimizer = torch.optim.AdamW(groups, lr=0.0, betas=(t.beta1, t.beta2), eps=t.eps, fused=True)
 
     # -- step -------------------------------------------------------------------------------
