@@ -20,7 +20,7 @@ def test_batch_layout():
     loader = build_train_loader(_cfg(), text_length=12, global_batch_size=6, seed=0, rank=0,
                                 world_size=1)
     (b,) = take(loader, 1)
-    assert b["images"].shape == (6, 3, 24, 24) and b["images"].dtype == torch.float32
+    assert b["images"].shape == (6, 3, 24, 24) and b["images"].dtype == torch.uint8  # normalised on the device
     assert b["tokens"].shape == (6, 12) and b["tokens"].dtype == torch.int64
     assert b["index"].tolist() == list(range(6))
     assert (b["tokens"][:, 0] == loader.tokenizer.cls_id).all()
@@ -63,3 +63,4 @@ def test_missing_shards_raise_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match="matches no shards"):
         build_train_loader(_cfg(train_shards=str(tmp_path / "x-{000..003}.tar")), text_length=8,
                            global_batch_size=2, seed=0, rank=0, world_size=1)
+

@@ -1,7 +1,8 @@
 """Training loader: the built-in synthetic stream or webdataset shards, resumable and deterministic.
 
 Two sources, one interface (`build_train_loader` -> TrainLoader yielding
-{"images" [B,3,H,W] float32, "tokens" [B,L] int64, "index" [B] int64}):
+{"images" [B,3,H,W] uint8, "tokens" [B,L] int64, "index" [B] int64}; the model normalises
+the uint8 pixels on its device, transforms.float_images):
 
 synthetic  Step s's global batch is samples s*G .. s*G+G-1 (G = global batch), rank r takes
            the contiguous slice r*B .. r*B+B-1. Each sample is rendered and augmented from
@@ -41,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_
 from .shards import expand_shards, iter_tar_samples
 from .synthetic import mirror_caption, render_sample
 from .tokenizer import TextTokenizer, load_tokenizer
-from .transforms import sample_generator, train_transform
+from .transforms import Draws, TrainTransform, collate_samples, sample_draws, train_transform
 
 # Tokenizers' Rust thread pool does not survive fork; workers tokenise one batch at a time
 # anyway, so parallelism inside the tokenizer buys nothing.
@@ -103,7 +104,7 @@ class _SyntheticSamples(Dataset):
         img, caption = render_sample(self.seed, index, self.image_size)
         # Seeded by the stream position: a repeated sample (finite synthetic_samples) gets a
         # fresh augmentation, yet every rank/worker layout computes the same one.
-        image, flipped = self.transform.apply(img, sample_generator(self.seed, position))
+        image, flipped = self.transform.apply(img, sample_draws(self.seed, position))
         # The captions name left/right; a mirrored image needs the mirrored caption or the
         # position words become noise.
         return image, mirror_caption(caption) if flipped else caption, index
@@ -178,12 +179,16 @@ def _shuffle(items: Iterator, bufsize: int, rng: np.random.Generator) -> Iterato
         yield buf.pop()
 
 
-def decode_sample(sample: dict, counters: Counter, tokenizer: TextTokenizer | None = None
-                  ) -> tuple[Image.Image, list[int] | None] | None:
-    """(RGB image, caption ids) of a raw webdataset sample, or None (counted) when unusable.
+def decode_sample(sample: dict, counters: Counter, tokenizer: TextTokenizer | None = None,
+                  transform: TrainTransform | None = None, draws: Draws | None = None
+                  ) -> tuple[Any, list[int] | None] | None:
+    """(image, caption ids) of a raw webdataset sample, or None (counted) when unusable.
 
+    The image is the decoded RGB PIL image, or with `transform` the augmented uint8 [3,S,S]
+    tensor (drawn from `draws`), decoded from the bytes only as far as the crop needs.
     With a tokenizer the caption is tokenised here, once (ids are None without one), and a
-    caption that yields no token (only zero-width or control characters) counts as empty too."""
+    caption that yields no token (only zero-width or control characters) counts as empty too.
+    The caption is checked first: a sample without one costs no image decode."""
     ext = next((e for e in IMAGE_EXTS if e in sample), None)
     if ext is None or "txt" not in sample:
         counters["incomplete_sample"] += 1
@@ -194,6 +199,8 @@ def decode_sample(sample: dict, counters: Counter, tokenizer: TextTokenizer | No
         counters["empty_caption"] += 1
         return None
     try:
+        if transform is not None:
+            return transform(sample[ext], draws), ids
         img = Image.open(io.BytesIO(sample[ext]))
         img = img.convert("RGB")  # forces the full decode, so truncated files fail here
     except Exception:  # noqa: BLE001 - PIL raises many types for bad bytes; all mean "skip"
@@ -270,13 +277,13 @@ class _ShardStreams(IterableDataset):
                         baseline = raw_counts.copy()
                     continue
                 pos = (epoch, chunk, offset + 1)
-                decoded = decode_sample(sample, decode_counts, self.tokenizer)
+                draws = sample_draws(self.seed, self.rank, stream, epoch, chunk, offset)
+                decoded = decode_sample(sample, decode_counts, self.tokenizer, transform, draws)
                 if decoded is None:
                     continue
                 produced = True
-                img, ids = decoded
-                g = sample_generator(self.seed, self.rank, stream, epoch, chunk, offset)
-                batch.append((transform(img, g), ids, sample_index(sample["__key__"])))
+                image, ids = decoded
+                batch.append((image, ids, sample_index(sample["__key__"])))
                 if len(batch) == self.local_batch:
                     yield self._emit(batch, stream, pos, raw_counts - baseline + decode_counts)
                     batch = []
@@ -294,10 +301,9 @@ class _ShardStreams(IterableDataset):
                                                                  + decode_counts), "_end": True}
 
     def _emit(self, batch, stream, pos, counts: Counter) -> dict:
-        images, ids, index = zip(*batch)  # captions were tokenised as they were decoded
-        return {"images": torch.stack(images), "tokens": torch.tensor(ids, dtype=torch.long),
-                "index": torch.tensor(index, dtype=torch.long), "_stream": stream,
-                "_pos": pos, "_counters": dict(counts)}
+        # captions were tokenised as they were decoded
+        return {**collate_samples(batch), "_stream": stream, "_pos": pos,
+                "_counters": dict(counts)}
 
 
 # ---------------------------------------------------------------------------------- loader
@@ -452,6 +458,7 @@ class TrainLoader:
 
 
 PROBE_SHARDS = 8
+
 
 
 def probe_shards(shards: list[str], spec: str, timeout_s: float = 60.0) -> None:
