@@ -82,7 +82,9 @@ def test_shard_resume_continues_with_the_same_batches(shard_dir, resampled):
     sd = first.state_dict()
     resumed = _loader(cfg)
     resumed.load_state_dict(sd)
-    for a, b in zip(ref[5:], take(resumed, 4)):
+    rest = take(resumed, 4)
+    assert len(ref) == 9 and len(rest) == 4  # a resumed loader yielding nothing must fail
+    for a, b in zip(ref[5:], rest):
         assert torch.equal(a["index"], b["index"])
         assert torch.equal(a["images"], b["images"])
 
