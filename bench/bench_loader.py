@@ -15,6 +15,7 @@ prints both rates and their ratio.
 
     python bench/bench_loader.py --workers 2 --batches 20 --compare-open-clip
     python bench/bench_loader.py --shards 'DIR/{00000..00009}.tar' --workers 2 --batches 20 --json
+    python bench/bench_loader.py --workers 2 --batches 10 --resume   # bytes replayed per stream
 """
 
 from __future__ import annotations
@@ -186,6 +187,37 @@ def _wds_pipeline(args, preprocess, is_train, epoch, tokenizer):
                                                           num_workers=args.workers))
 
 
+def measure_resume(shards: str, workers: int, image_size: int, batch: int, batches: int) -> dict:
+    """Kill-and-resume cost: after `batches` batches, a fresh loader restores the state; report
+    the raw bytes (and samples) each stream re-read to get back to its exact position, the
+    bound (one chunk of shards_per_chunk shards), and the time to the first resumed batch."""
+    cfg = types.SimpleNamespace(train_shards=shards, tokenizer="builtin", image_size=image_size,
+                                workers=workers, resampled=True, shuffle_buffer=1000)
+    kw = dict(text_length=32, global_batch_size=batch, seed=0, rank=0, world_size=1)
+    first = build_train_loader(cfg, **kw)
+    it = iter(first)
+    for _ in range(batches):
+        next(it)
+    sd = first.state_dict()
+    it.close()
+    resumed = build_train_loader(cfg, **kw)
+    resumed.load_state_dict(sd)
+    t0 = time.perf_counter()
+    it = iter(resumed)
+    next(it)
+    for _ in range(max(1, workers) - 1):  # every stream has emitted once: all replays reported
+        next(it)
+    dt = time.perf_counter() - t0
+    it.close()
+    urls = expand_shards(shards)
+    mean_shard = sum(os.path.getsize(u) for u in urls) / len(urls) if all(
+        os.path.isfile(u) for u in urls) else float("nan")
+    return {"after_batches": batches, "first_batches_s": round(dt, 2),
+            "replayed_bytes": {str(k): v[0] for k, v in sorted(resumed.replayed.items())},
+            "replayed_samples": {str(k): v[1] for k, v in sorted(resumed.replayed.items())},
+            "bound_bytes": round(8 * mean_shard)}  # shards_per_chunk (8) x mean shard size
+
+
 # ------------------------------------------------------------------------------- profile
 class _Replay(IterableDataset):
     """Yields fresh copies of one batch: what the main process pays to receive a worker batch."""
@@ -279,9 +311,13 @@ def machine() -> str:
 
 def run(args, shards: str) -> dict:
     res: dict = {"workers": args.workers, "image_size": args.image_size}
-    if not args.no_profile:
+    if not args.no_profile and not args.resume:
         res["per_stage_ms"] = profile_worker(shards, args.image_size, args.batch,
                                              args.profile_samples)
+    if args.resume:
+        res["resume"] = measure_resume(shards, args.workers, args.image_size, args.batch,
+                                       args.batches)
+        return res
     flip, oc = [], []
     for _ in range(args.rounds):  # alternate, so both pipelines see the same load
         flip.append(measure_flip(shards, args.workers, args.image_size, args.batch, args.batches))
@@ -314,6 +350,8 @@ def main() -> None:
     p.add_argument("--no-profile", action="store_true")
     p.add_argument("--compare-open-clip", action="store_true",
                    help="also run open_clip's get_wds_dataset pipeline on the same shards")
+    p.add_argument("--resume", action="store_true",
+                   help="measure a resume after --batches batches: bytes replayed per stream")
     p.add_argument("--json", action="store_true", help="print one JSON line only")
     args = p.parse_args()
     host = machine()
@@ -327,6 +365,14 @@ def main() -> None:
     print(f"machine: {host}")
     print(f"date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='minutes')}")
     print("command: python bench/bench_loader.py " + " ".join(sys.argv[1:]))
+    if "resume" in res:
+        r = res["resume"]
+        for k, b in r["replayed_bytes"].items():
+            print(f"resume after {r['after_batches']} batches: stream {k} replayed {b / 1e6:.1f} MB "
+                  f"({r['replayed_samples'][k]} samples) of raw tar bytes; bound: one chunk, "
+                  f"~{r['bound_bytes'] / 1e6:.0f} MB")
+        print(f"first batch from every stream after the resume: {r['first_batches_s']} s")
+        return
     if "per_stage_ms" in res:
         print("one worker, ms per image: " + ", ".join(f"{k} {v}" for k, v in
                                                       res["per_stage_ms"].items()))

@@ -36,6 +36,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
@@ -160,6 +161,14 @@ def _interleave(iterators: list[Iterator]) -> Iterator:
         active = still
 
 
+def _count_read(samples: Iterator[dict], read: list) -> Iterator[dict]:
+    """Pass samples through, adding their bytes and count to read[0], read[1]."""
+    for s in samples:
+        read[0] += sum(len(v) for v in s.values() if isinstance(v, bytes))
+        read[1] += 1
+        yield s
+
+
 def _shuffle(items: Iterator, bufsize: int, rng: np.random.Generator) -> Iterator:
     """Reservoir-style shuffle buffer that drains completely when the input ends."""
     if bufsize <= 1:
@@ -264,17 +273,22 @@ class _ShardStreams(IterableDataset):
         batch: list = []
         empty_chunks = 0
         pos = (epoch0, chunk0, skip)
+        replayed = (0, 0)  # (bytes, samples) read again to restore the resume position
         for epoch, chunk, urls in self.chunks(stream, epoch0, chunk0):
             replay = skip if (epoch, chunk) == (epoch0, chunk0) else 0
             rng = np.random.default_rng([self.seed, self.rank, stream, epoch, chunk, 0x5F])
             raw = _interleave([iter_tar_samples(url, raw_counts, self.retries,
                                                 self.retry_delay_s, self.timeout_s)
                                for url in urls])
+            read = [0, 0]
+            if replay:
+                raw = _count_read(raw, read)
             produced = False
             for offset, sample in enumerate(_shuffle(raw, self.shuffle_buffer, rng)):
                 if offset < replay:
                     if offset == replay - 1:
                         baseline = raw_counts.copy()
+                        replayed = (read[0], read[1])  # the buffer's read-ahead included
                     continue
                 pos = (epoch, chunk, offset + 1)
                 draws = sample_draws(self.seed, self.rank, stream, epoch, chunk, offset)
@@ -285,7 +299,8 @@ class _ShardStreams(IterableDataset):
                 image, ids = decoded
                 batch.append((image, ids, sample_index(sample["__key__"])))
                 if len(batch) == self.local_batch:
-                    yield self._emit(batch, stream, pos, raw_counts - baseline + decode_counts)
+                    yield self._emit(batch, stream, pos, raw_counts - baseline + decode_counts,
+                                     replayed)
                     batch = []
             # A stream whose shards all fail (or hold no decodable image) would otherwise spin
             # forever in endless modes: give up after what amounts to two passes over the shards.
@@ -295,15 +310,16 @@ class _ShardStreams(IterableDataset):
                 raise ValueError(f"data.train_shards: rank {self.rank} stream {stream} read {limit} "
                                  f"consecutive chunks of shards without one usable sample")
         if batch and not self.drop_last:
-            yield self._emit(batch, stream, pos, raw_counts - baseline + decode_counts)
+            yield self._emit(batch, stream, pos, raw_counts - baseline + decode_counts, replayed)
         # The final counts (e.g. a corrupt last shard) travel with an empty marker batch.
         yield {"_stream": stream, "_pos": pos, "_counters": dict(raw_counts - baseline
-                                                                 + decode_counts), "_end": True}
+                                                                 + decode_counts),
+               "_replayed": replayed, "_end": True}
 
-    def _emit(self, batch, stream, pos, counts: Counter) -> dict:
+    def _emit(self, batch, stream, pos, counts: Counter, replayed) -> dict:
         # captions were tokenised as they were decoded
         return {**collate_samples(batch), "_stream": stream, "_pos": pos,
-                "_counters": dict(counts)}
+                "_counters": dict(counts), "_replayed": replayed}
 
 
 # ---------------------------------------------------------------------------------- loader
@@ -338,17 +354,22 @@ class TrainLoader:
             self.synthetic_samples = int(n) if n else None
             self.next_sample = 0
             return
-        self.shards = expand_shards(spec)
         self.num_streams = max(1, self.workers)
         self.resampled = bool(_cfg(data_cfg, "resampled"))
         epochs = _cfg(data_cfg, "epochs")
         self.epochs = int(epochs) if epochs is not None else None
         slots = world_size * self.num_streams
-        if not self.resampled and len(self.shards) < slots:
-            raise ValueError(f"data.train_shards {spec!r} has {len(self.shards)} shard(s), fewer "
-                             f"than ranks x workers = {slots}; use data.resampled=true or fewer "
-                             f"workers")
-        probe_shards(self.shards, spec, timeout_s=float(_cfg(data_cfg, "shard_timeout_s")))
+
+        def resolve() -> list[str]:
+            shards = expand_shards(spec)
+            if not self.resampled and len(shards) < slots:
+                raise ValueError(f"data.train_shards {spec!r} has {len(shards)} shard(s), fewer "
+                                 f"than ranks x workers = {slots}; use data.resampled=true or "
+                                 f"fewer workers")
+            probe_shards(shards, spec, timeout_s=float(_cfg(data_cfg, "shard_timeout_s")))
+            return shards
+
+        self.shards = on_rank0(resolve, world_size)
         self.stream_kw = dict(
             shuffle_buffer=int(_cfg(data_cfg, "shuffle_buffer")),
             shards_per_chunk=int(_cfg(data_cfg, "shards_per_chunk")),
@@ -358,6 +379,9 @@ class TrainLoader:
             drop_last=bool(_cfg(data_cfg, "drop_last")))
         self.positions: dict[int, tuple[int, int, int]] = {}
         self.batches = 0
+        # Per stream, (bytes, samples) re-read after the last resume to restore its position:
+        # at most one chunk (shards_per_chunk shards) of raw, undecoded tar bytes.
+        self.replayed: dict[int, tuple[int, int]] = {}
 
     # -- iteration
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -399,6 +423,7 @@ class TrainLoader:
             stream = item.pop("_stream")
             self.positions[stream] = tuple(item.pop("_pos"))
             self._stream_counts[stream] = item.pop("_counters")
+            self.replayed[stream] = tuple(item.pop("_replayed"))
             if item.pop("_end", False):
                 continue
             self.batches += 1
@@ -460,6 +485,31 @@ class TrainLoader:
 PROBE_SHARDS = 8
 
 
+def on_rank0(fn, world_size: int):
+    """fn() on rank 0 only, its result (or its error, as ValueError) broadcast to every rank.
+
+    Used to expand and probe the shard pattern once per job: at 512 ranks x 400k LAION shards,
+    every rank stat-ing every shard is ~10^8 metadata calls on a shared filesystem at start.
+    Without an initialised process group of `world_size` ranks (tests that simulate ranks,
+    single process) fn() runs locally."""
+    if not (world_size > 1 and dist.is_available() and dist.is_initialized()
+            and dist.get_world_size() == world_size):
+        return fn()
+    box: list = [None]
+    error = None
+    if dist.get_rank() == 0:
+        try:
+            box = [("ok", fn())]
+        except Exception as e:  # noqa: BLE001 - forwarded so the other ranks do not hang
+            error, box = e, [("error", str(e))]
+    dist.broadcast_object_list(box, src=0)
+    if error is not None:
+        raise error
+    kind, value = box[0]
+    if kind == "error":
+        raise ValueError(value)
+    return value
+
 
 def probe_shards(shards: list[str], spec: str, timeout_s: float = 60.0) -> None:
     """Fail at start, in one line, when the first shards hold no usable sample at all.
@@ -488,3 +538,4 @@ def build_train_loader(data_cfg, *, text_length: int, global_batch_size: int, se
     """
     return TrainLoader(data_cfg, text_length=text_length, global_batch_size=global_batch_size,
                        seed=seed, rank=rank, world_size=world_size, tokenizer=tokenizer)
+
