@@ -539,3 +539,47 @@ def build_train_loader(data_cfg, *, text_length: int, global_batch_size: int, se
     return TrainLoader(data_cfg, text_length=text_length, global_batch_size=global_batch_size,
                        seed=seed, rank=rank, world_size=world_size, tokenizer=tokenizer)
 
+
+class DataWaitMeter:
+    """How long each rank waited for its batches, reduced over ranks on log steps.
+
+    The slowest rank gates every step, so rank 0's own wait understates a data stall: report
+    the slowest rank's total wait and the p99 of every batch wait of every rank in the window.
+
+        meter = DataWaitMeter()
+        t = time.time(); batch = next(it); meter.add(time.time() - t)     # each step
+        row.update(meter.summary(device, world_size, elapsed_s))         # log steps, ALL ranks
+
+    summary() is a collective when world_size > 1 (two all_gathers of a few floats per step
+    of the window) and starts a new window.
+    """
+
+    def __init__(self):
+        self.waits: list[float] = []
+
+    def add(self, seconds: float) -> None:
+        self.waits.append(float(seconds))
+
+    def summary(self, device=None, world_size: int = 1, elapsed_s: float | None = None) -> dict:
+        mine = torch.tensor(self.waits, dtype=torch.float64, device=device)
+        self.waits = []
+        if world_size > 1 and dist.is_available() and dist.is_initialized():
+            n = torch.tensor([mine.numel()], device=mine.device)
+            counts = [torch.zeros_like(n) for _ in range(world_size)]
+            dist.all_gather(counts, n)
+            counts = [int(c) for c in counts]
+            pad = mine.new_zeros(max(counts + [1]))
+            pad[: mine.numel()] = mine
+            parts = [torch.zeros_like(pad) for _ in range(world_size)]
+            dist.all_gather(parts, pad)
+            per_rank = [p[:c].cpu() for p, c in zip(parts, counts)]
+        else:
+            per_rank = [mine.cpu()]
+        totals = [float(p.sum()) for p in per_rank]
+        slowest = max(range(len(totals)), key=totals.__getitem__)
+        pooled = torch.cat(per_rank)
+        out = {"data_wait_max_s": totals[slowest], "data_wait_slowest_rank": slowest,
+               "data_wait_p99_s": float(torch.quantile(pooled, 0.99)) if pooled.numel() else 0.0}
+        if elapsed_s:
+            out["data_wait_frac_max"] = min(totals[slowest] / elapsed_s, 1.0)
+        return out
