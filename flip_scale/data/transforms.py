@@ -152,9 +152,12 @@ def decode_for_crop(img: Image.Image, data: bytes | None, box, size: int):
             return pixels, (x0, y0, max(1, min(W - x0, round(w * f))),
                             max(1, min(H - y0, round(h * f))))
         if decode_jpeg is not None and img.mode in ("RGB", "L"):
-            pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                                 mode=ImageReadMode.RGB)
-            return pixels, box
+            try:
+                pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                                     mode=ImageReadMode.RGB)
+                return pixels, box
+            except RuntimeError:
+                pass  # a JPEG variant torchvision rejects: PIL decodes it or raises the error
     return _pil_pixels(img), box
 
 
