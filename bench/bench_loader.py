@@ -112,23 +112,27 @@ def write_photo_shards(out_dir: str, samples: int, per_shard: int = 200, seed: i
 
 
 # ------------------------------------------------------------------------------ throughput
-def _timed(it, batch: int, batches: int, warmup: int) -> float:
+def _timed(it, batch: int, batches: int, warmup: int, waits: list | None = None) -> float:
     for _ in range(warmup):  # worker start, shuffle-buffer fill: every worker's first batch
         next(it)
     t0 = time.perf_counter()
     for _ in range(batches):
+        t = time.perf_counter()
         next(it)
+        if waits is not None:  # the main process's wait per batch: stalls show in the tail
+            waits.append(time.perf_counter() - t)
     return batches * batch / (time.perf_counter() - t0)
 
 
-def measure_flip(shards: str, workers: int, image_size: int, batch: int, batches: int) -> float:
+def measure_flip(shards: str, workers: int, image_size: int, batch: int, batches: int,
+                 waits: list | None = None) -> float:
     cfg = types.SimpleNamespace(train_shards=shards, tokenizer="builtin", image_size=image_size,
                                 workers=workers, resampled=True, shuffle_buffer=1000)
     loader = build_train_loader(cfg, text_length=32, global_batch_size=batch, seed=0, rank=0,
                                 world_size=1)
     it = iter(loader)
     try:
-        return _timed(it, batch, batches, max(1, workers) + 1)
+        return _timed(it, batch, batches, max(1, workers) + 1, waits)
     finally:
         it.close()
 
@@ -318,9 +322,10 @@ def run(args, shards: str) -> dict:
         res["resume"] = measure_resume(shards, args.workers, args.image_size, args.batch,
                                        args.batches)
         return res
-    flip, oc = [], []
+    flip, oc, waits = [], [], []
     for _ in range(args.rounds):  # alternate, so both pipelines see the same load
-        flip.append(measure_flip(shards, args.workers, args.image_size, args.batch, args.batches))
+        flip.append(measure_flip(shards, args.workers, args.image_size, args.batch, args.batches,
+                                 waits))
         if args.compare_open_clip:
             oc.append(measure_open_clip(shards, args.workers, args.image_size, args.batch,
                                         args.batches))
@@ -328,6 +333,10 @@ def run(args, shards: str) -> dict:
     res["images_per_s"] = round(max(flip), 1)
     res["images_per_s_per_worker"] = round(max(flip) / per, 1)
     res["rounds"] = [round(x, 1) for x in flip]
+    w = np.sort(np.array(waits)) * 1e3
+    res["batch_wait_ms"] = {"p50": round(float(np.percentile(w, 50)), 1),
+                            "p99": round(float(np.percentile(w, 99)), 1),
+                            "max": round(float(w[-1]), 1)}
     if oc:
         res["open_clip_images_per_s_per_worker"] = round(max(oc) / per, 1)
         res["open_clip_images_per_s"] = round(max(oc), 1)
@@ -378,6 +387,9 @@ def main() -> None:
                                                       res["per_stage_ms"].items()))
     print(f"flip-scale: {res['images_per_s']} images/s with {args.workers} worker(s), "
           f"{res['images_per_s_per_worker']} per worker (rounds {res['rounds']})")
+    bw = res["batch_wait_ms"]
+    print(f"flip-scale batch wait in the main process: p50 {bw['p50']} ms, p99 {bw['p99']} ms, "
+          f"max {bw['max']} ms")
     if "open_clip_images_per_s" in res:
         oc = res["open_clip_images_per_s"]
         print(f"open_clip:  {oc} images/s with {args.workers} worker(s), "
