@@ -213,3 +213,28 @@ def test_shard_pattern_is_expanded_on_rank0_and_broadcast(shard_dir, tmp_path):
     r0, r1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
     assert r0["good"] == r1["good"] == expand_shards(shard_dir)
     assert r0["bad"] == r1["bad"] and r0["bad"].startswith("ValueError: ") and "matches no shards" in r0["bad"]
+
+
+def test_shuffle_buffer_refills_incrementally():
+    """A stream starting a chunk reads a fifth of the buffer before its first sample, not the
+    whole buffer (the refill stall of issue 13 item 5), and still emits each input once."""
+    import numpy as np
+
+    from flip_scale.data.loader import _shuffle
+
+    read = []
+
+    def source(n):
+        for i in range(n):
+            read.append(i)
+            yield i
+
+    out = _shuffle(source(5000), 1000, np.random.default_rng(0))
+    next(out)
+    assert len(read) == 200
+    rest = list(out)
+    assert len(rest) == 4999
+    assert sorted(rest) != rest  # shuffled
+    again = list(_shuffle(iter(range(5000)), 1000, np.random.default_rng(0)))
+    assert sorted(again) == list(range(5000))
+    assert again == list(_shuffle(iter(range(5000)), 1000, np.random.default_rng(0)))  # deterministic

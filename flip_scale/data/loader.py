@@ -170,18 +170,30 @@ def _count_read(samples: Iterator[dict], read: list) -> Iterator[dict]:
 
 
 def _shuffle(items: Iterator, bufsize: int, rng: np.random.Generator) -> Iterator:
-    """Reservoir-style shuffle buffer that drains completely when the input ends."""
+    """Shuffle buffer that fills incrementally and drains completely when the input ends.
+
+    The first sample comes out once the buffer holds a fifth of `bufsize`; from there each
+    output reads two inputs until the buffer is full (as webdataset's `initial`). A worker
+    starting a chunk therefore reads bufsize / 5 raw samples before its next batch, not
+    bufsize: the refill no longer stalls its rank for a whole buffer (issue 13 item 5). Still
+    a pure function of (inputs, rng), so a replayed chunk reproduces it exactly."""
     if bufsize <= 1:
         yield from items
         return
+    initial = max(1, bufsize // 5)
     buf: list = []
-    for x in items:
-        if len(buf) < bufsize:
-            buf.append(x)
+    it = iter(items)
+    for x in it:
+        buf.append(x)
+        if len(buf) < bufsize:  # grow by one per output while filling
+            for y in it:
+                buf.append(y)
+                break
+        if len(buf) < initial:
             continue
         k = int(rng.integers(len(buf)))
-        out, buf[k] = buf[k], x
-        yield out
+        buf[k], buf[-1] = buf[-1], buf[k]
+        yield buf.pop()
     while buf:
         k = int(rng.integers(len(buf)))
         buf[k], buf[-1] = buf[-1], buf[k]
