@@ -9,7 +9,8 @@ EXTRAS = {
 }
 # open_clip is a reference implementation used by the tests only (loss cross-check, export).
 EXTRAS["dev"] = sorted({*EXTRAS["deepspeed"], *EXTRAS["data"], *EXTRAS["report"],
-                        "pytest", "pytest-timeout", "open-clip-torch"})
+                        "pytest", "pytest-timeout", "open-clip-torch",
+                        "scikit-image"})  # scikit-image: photographs for bench_loader.py
 
 setup(
     name="flip-scale",

@@ -82,9 +82,19 @@ def test_shard_resume_continues_with_the_same_batches(shard_dir, resampled):
     sd = first.state_dict()
     resumed = _loader(cfg)
     resumed.load_state_dict(sd)
-    for a, b in zip(ref[5:], take(resumed, 4)):
+    rest = take(resumed, 4)
+    assert len(ref) == 9 and len(rest) == 4  # a resumed loader yielding nothing must fail
+    for a, b in zip(ref[5:], rest):
         assert torch.equal(a["index"], b["index"])
         assert torch.equal(a["images"], b["images"])
+    # Replay is reported per stream and bounded by one chunk (2 shards here) of raw tar bytes.
+    biggest = max(os.path.getsize(os.path.join(shard_dir, f)) for f in os.listdir(shard_dir))
+    assert set(resumed.replayed) == {0, 1}
+    for stream, (nbytes, nsamples) in resumed.replayed.items():
+        skip = sd["positions"][str(stream)][2]
+        assert nsamples >= skip and (nbytes > 0) == (skip > 0)
+        assert nbytes <= 2 * biggest and nsamples <= 2 * 9
+    assert first.replayed == {0: (0, 0), 1: (0, 0)}  # a fresh start replays nothing
 
 
 def _add(tar, name, data):
@@ -165,3 +175,66 @@ def test_resume_with_another_layout_restarts_the_epoch(shard_dir, resampled):
         other.load_state_dict(sd)
     assert len(take(other, 2)) == 2
     assert other.counters() == loader.counters()
+
+
+def _rank0_expansion_worker(rank, world, init_file, spec, out_dir):
+    import json
+
+    import torch.distributed as dist
+
+    import flip_scale.data.loader as L
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    if rank != 0:  # only rank 0 may touch the filesystem's shard list
+        def forbidden(*a, **k):
+            raise AssertionError(f"rank {rank} expanded or probed the shard pattern")
+        L.expand_shards = L.probe_shards = forbidden
+    result = {}
+    for name, s in (("good", spec), ("bad", spec + "/nothing-{0..3}.tar")):
+        try:
+            loader = _loader(_cfg(s), batch=4, rank=rank, world=world)
+            result[name] = loader.shards
+        except ValueError as e:
+            result[name] = f"ValueError: {e}"
+    with open(os.path.join(out_dir, f"{rank}.json"), "w") as f:
+        json.dump(result, f)
+    dist.destroy_process_group()
+
+
+def test_shard_pattern_is_expanded_on_rank0_and_broadcast(shard_dir, tmp_path):
+    """Two real gloo ranks: rank 1 never lists or probes the shards (it would fail if it did),
+    yet gets rank 0's list; a pattern matching nothing fails on every rank with rank 0's line."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank0_expansion_worker, args=(2, str(tmp_path / "init"), shard_dir, str(tmp_path)),
+             nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
+    assert r0["good"] == r1["good"] == expand_shards(shard_dir)
+    assert r0["bad"] == r1["bad"] and r0["bad"].startswith("ValueError: ") and "matches no shards" in r0["bad"]
+
+
+def test_shuffle_buffer_refills_incrementally():
+    """A stream starting a chunk reads a fifth of the buffer before its first sample, not the
+    whole buffer (the refill stall of issue 13 item 5), and still emits each input once."""
+    import numpy as np
+
+    from flip_scale.data.loader import _shuffle
+
+    read = []
+
+    def source(n):
+        for i in range(n):
+            read.append(i)
+            yield i
+
+    out = _shuffle(source(5000), 1000, np.random.default_rng(0))
+    next(out)
+    assert len(read) == 200
+    rest = list(out)
+    assert len(rest) == 4999
+    assert sorted(rest) != rest  # shuffled
+    again = list(_shuffle(iter(range(5000)), 1000, np.random.default_rng(0)))
+    assert sorted(again) == list(range(5000))
+    assert again == list(_shuffle(iter(range(5000)), 1000, np.random.default_rng(0)))  # deterministic

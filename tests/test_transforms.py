@@ -11,7 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from flip_scale.data.transforms import MEAN, STD, random_resized_crop_box, sample_generator, train_transform
+import io
+
+from flip_scale.data import transforms as T
+from flip_scale.data.transforms import (MEAN, STD, float_images, random_resized_crop_box, sample_draws,
+                                        train_transform)
 
 AREA = (0.5, 1.0)        # FLIP_FACTS.md: RandomResizedCrop area (0.5, 1)
 ASPECT = (3 / 4, 4 / 3)  # FLIP_FACTS.md: aspect (3/4, 4/3)
@@ -22,7 +26,7 @@ def test_crop_boxes_area_and_aspect_within_flip_ranges():
     W = H = 1000  # large, so integer rounding of the box moves area/aspect by < 0.2%
     areas, aspects = [], []
     for i in range(DRAWS):
-        left, top, w, h = random_resized_crop_box(W, H, sample_generator(0, i))
+        left, top, w, h = random_resized_crop_box(W, H, sample_draws(0, i))
         assert 0 <= left and left + w <= W and 0 <= top and top + h <= H
         areas.append(w * h / (W * H))
         aspects.append(w / h)
@@ -52,10 +56,8 @@ def _coordinate_image(size=256):
 
 
 def _pixels(t):
-    """Normalised [3,S,S] tensor back to 0..255 values."""
-    mean = torch.tensor(MEAN).view(3, 1, 1) * 255
-    std = torch.tensor(STD).view(3, 1, 1) * 255
-    return (t * std + mean).numpy()
+    """uint8 [3,S,S] tensor as 0..255 values."""
+    return t.double().numpy()
 
 
 def _box_from_output(t):
@@ -79,8 +81,8 @@ def test_train_transform_output_shape_crop_and_flip_statistics():
     img = _coordinate_image(256)
     flips, areas, aspects = 0, [], []
     for i in range(DRAWS):
-        out, flipped = transform.apply(img, sample_generator(7, i))
-        assert out.shape == (3, S, S) and out.dtype == torch.float32
+        out, flipped = transform.apply(img, sample_draws(7, i))
+        assert out.shape == (3, S, S) and out.dtype == torch.uint8
         w, h, mirrored = _box_from_output(out)
         assert mirrored == flipped, i  # the flag says what happened to the pixels
         flips += flipped
@@ -97,10 +99,10 @@ def test_train_transform_output_shape_crop_and_flip_statistics():
 def test_same_generator_seed_same_output_and_other_seeds_differ():
     transform = train_transform(32)
     img = _coordinate_image(128)
-    a = transform(img, sample_generator(3, 42))
-    b = transform(img, sample_generator(3, 42))
+    a = transform(img, sample_draws(3, 42))
+    b = transform(img, sample_draws(3, 42))
     assert torch.equal(a, b)
-    others = [transform(img, sample_generator(3, 43)), transform(img, sample_generator(4, 42))]
+    others = [transform(img, sample_draws(3, 43)), transform(img, sample_draws(4, 42))]
     assert all(not torch.equal(a, o) for o in others)
 
 
@@ -108,8 +110,82 @@ def test_output_size_does_not_depend_on_the_input_shape():
     transform = train_transform(48)
     for size in ((640, 480), (300, 900), (48, 48), (20, 30)):
         img = Image.new("RGB", size, (10, 200, 30))
-        out = transform(img, sample_generator(0, 1))
-        assert out.shape == (3, 48, 48) and out.dtype == torch.float32
-        # A flat colour stays that colour after crop, resize and flip (normalised per channel).
+        out = transform(img, sample_draws(0, 1))
+        assert out.shape == (3, 48, 48) and out.dtype == torch.uint8
+        # A flat colour stays that colour after crop, resize and flip.
+        assert torch.equal(out.amin(dim=(1, 2)), torch.tensor([10, 200, 30], dtype=torch.uint8))
+        assert torch.equal(out.amax(dim=(1, 2)), torch.tensor([10, 200, 30], dtype=torch.uint8))
+        # ... and the model's normalisation maps it to the ImageNet-normalised value.
         want = (torch.tensor([10, 200, 30]) / 255.0 - torch.tensor(MEAN)) / torch.tensor(STD)
-        assert torch.allclose(out.mean(dim=(1, 2)), want, atol=0.02)
+        assert torch.allclose(float_images(out[None])[0].mean(dim=(1, 2)), want, atol=1e-5)
+
+
+def test_float_images_normalises_uint8_and_leaves_floats_alone():
+    u8 = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    want = (u8.double() / 255 - torch.tensor(MEAN, dtype=torch.float64).view(1, 3, 1, 1)) / torch.tensor(
+        STD, dtype=torch.float64).view(1, 3, 1, 1)
+    got = float_images(u8)
+    assert got.dtype == torch.float32 and torch.allclose(got.double(), want, atol=1e-5)
+    f = torch.randn(2, 3, 8, 8)
+    assert float_images(f) is f  # eval/export inputs are already normalised floats
+
+
+def _jpeg(arr: np.ndarray, quality=95) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _photo(w, h, seed=0):
+    """Smooth random texture (a photo-like low-pass field) that survives JPEG and resampling."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(h // 32 + 1, w // 32 + 1, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC))
+
+
+@pytest.mark.parametrize("size", [224, 100, 40])
+def test_encoded_bytes_path_matches_decoded_image_path(size):
+    """The loader augments straight from the JPEG bytes: libjpeg-turbo (torchvision) when the
+    crop is under 2x the output, else a reduced-scale DCT decode (1/2..1/8) of PIL's. Same
+    flips always; without reduction the same pixels as augmenting the decoded PIL image; with
+    it, the same picture as a full decode cropped to the same box (the box is rounded to the
+    reduced grid, a sub-pixel shift of the random crop), up to the DCT-domain low-pass."""
+    data = _jpeg(_photo(640, 480))
+    full = Image.open(io.BytesIO(data)).convert("RGB")
+    full_px = torch.from_numpy(np.array(full)).permute(2, 0, 1)
+    t = train_transform(size)
+    reduced = 0
+    for i in range(20):
+        a, fa = t.apply(data, sample_draws(1, i))
+        b, fb = t.apply(full, sample_draws(1, i))
+        assert fa == fb and a.shape == b.shape == (3, size, size) and a.dtype == torch.uint8
+        d = sample_draws(1, i)
+        box = random_resized_crop_box(640, 480, d)
+        px, sbox = T.decode_for_crop(T.open_image(data), data, box, size)
+        s = 640 // px.shape[2]
+        if s == 1:
+            assert sbox == box and torch.equal(a, b), i
+            continue
+        reduced += 1
+        assert all(v >= size for v in sbox[2:])  # never upsampled
+        ref = T.crop_resize(full_px, tuple(v * s for v in sbox), size)
+        got = T.crop_resize(px, sbox, size)
+        assert (got.float() - ref.float()).abs().mean() < 2.5, (i, s)
+    # Crops are >= 0.5 of the area: at 224 px a few reach 2x, at 100/40 px all do.
+    assert reduced == 20 if size < 224 else 0 < reduced < 20
+
+
+def test_reduced_dct_decode_is_used_only_when_the_crop_allows():
+    data = _jpeg(_photo(640, 480))
+    img = T.open_image(data)
+    px, box = T.decode_for_crop(img, data, (0, 0, 400, 300), 100)  # 300 >= 2 x 100 only
+    assert px.shape == (3, 240, 320) and box == (0, 0, 200, 150)
+    img = T.open_image(data)
+    px, box = T.decode_for_crop(img, data, (0, 0, 400, 300), 224)
+    assert px.shape == (3, 480, 640) and box == (0, 0, 400, 300)
+
+
+def test_bad_bytes_raise():
+    for bad in (b"not an image", _jpeg(_photo(64, 64))[:200]):
+        with pytest.raises(Exception):
+            train_transform(32)(bad, sample_draws(0, 0))

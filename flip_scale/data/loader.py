@@ -1,7 +1,8 @@
 """Training loader: the built-in synthetic stream or webdataset shards, resumable and deterministic.
 
 Two sources, one interface (`build_train_loader` -> TrainLoader yielding
-{"images" [B,3,H,W] float32, "tokens" [B,L] int64, "index" [B] int64}):
+{"images" [B,3,H,W] uint8, "tokens" [B,L] int64, "index" [B] int64}; the model normalises
+the uint8 pixels on its device, transforms.float_images):
 
 synthetic  Step s's global batch is samples s*G .. s*G+G-1 (G = global batch), rank r takes
            the contiguous slice r*B .. r*B+B-1. Each sample is rendered and augmented from
@@ -35,13 +36,14 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from .shards import expand_shards, iter_tar_samples
 from .synthetic import mirror_caption, render_sample
 from .tokenizer import TextTokenizer, load_tokenizer
-from .transforms import sample_generator, train_transform
+from .transforms import Draws, TrainTransform, collate_samples, sample_draws, train_transform
 
 # Tokenizers' Rust thread pool does not survive fork; workers tokenise one batch at a time
 # anyway, so parallelism inside the tokenizer buys nothing.
@@ -104,7 +106,7 @@ class _SyntheticSamples(Dataset):
         img, caption = render_sample(self.seed, index, self.image_size)
         # Seeded by the stream position: a repeated sample (finite synthetic_samples) gets a
         # fresh augmentation, yet every rank/worker layout computes the same one.
-        image, flipped = self.transform.apply(img, sample_generator(self.seed, position))
+        image, flipped = self.transform.apply(img, sample_draws(self.seed, position))
         # The captions name left/right; a mirrored image needs the mirrored caption or the
         # position words become noise.
         return image, mirror_caption(caption) if flipped else caption, index
@@ -160,31 +162,55 @@ def _interleave(iterators: list[Iterator]) -> Iterator:
         active = still
 
 
+def _count_read(samples: Iterator[dict], read: list) -> Iterator[dict]:
+    """Pass samples through, adding their bytes and count to read[0], read[1]."""
+    for s in samples:
+        read[0] += sum(len(v) for v in s.values() if isinstance(v, bytes))
+        read[1] += 1
+        yield s
+
+
 def _shuffle(items: Iterator, bufsize: int, rng: np.random.Generator) -> Iterator:
-    """Reservoir-style shuffle buffer that drains completely when the input ends."""
+    """Shuffle buffer that fills incrementally and drains completely when the input ends.
+
+    The first sample comes out once the buffer holds a fifth of `bufsize`; from there each
+    output reads two inputs until the buffer is full (as webdataset's `initial`). A worker
+    starting a chunk therefore reads bufsize / 5 raw samples before its next batch, not
+    bufsize: the refill no longer stalls its rank for a whole buffer (issue 13 item 5). Still
+    a pure function of (inputs, rng), so a replayed chunk reproduces it exactly."""
     if bufsize <= 1:
         yield from items
         return
+    initial = max(1, bufsize // 5)
     buf: list = []
-    for x in items:
-        if len(buf) < bufsize:
-            buf.append(x)
+    it = iter(items)
+    for x in it:
+        buf.append(x)
+        if len(buf) < bufsize:  # grow by one per output while filling
+            for y in it:
+                buf.append(y)
+                break
+        if len(buf) < initial:
             continue
         k = int(rng.integers(len(buf)))
-        out, buf[k] = buf[k], x
-        yield out
+        buf[k], buf[-1] = buf[-1], buf[k]
+        yield buf.pop()
     while buf:
         k = int(rng.integers(len(buf)))
         buf[k], buf[-1] = buf[-1], buf[k]
         yield buf.pop()
 
 
-def decode_sample(sample: dict, counters: Counter, tokenizer: TextTokenizer | None = None
-                  ) -> tuple[Image.Image, list[int] | None] | None:
-    """(RGB image, caption ids) of a raw webdataset sample, or None (counted) when unusable.
+def decode_sample(sample: dict, counters: Counter, tokenizer: TextTokenizer | None = None,
+                  transform: TrainTransform | None = None, draws: Draws | None = None
+                  ) -> tuple[Any, list[int] | None] | None:
+    """(image, caption ids) of a raw webdataset sample, or None (counted) when unusable.
 
+    The image is the decoded RGB PIL image, or with `transform` the augmented uint8 [3,S,S]
+    tensor (drawn from `draws`), decoded from the bytes only as far as the crop needs.
     With a tokenizer the caption is tokenised here, once (ids are None without one), and a
-    caption that yields no token (only zero-width or control characters) counts as empty too."""
+    caption that yields no token (only zero-width or control characters) counts as empty too.
+    The caption is checked first: a sample without one costs no image decode."""
     ext = next((e for e in IMAGE_EXTS if e in sample), None)
     if ext is None or "txt" not in sample:
         counters["incomplete_sample"] += 1
@@ -195,6 +221,8 @@ def decode_sample(sample: dict, counters: Counter, tokenizer: TextTokenizer | No
         counters["empty_caption"] += 1
         return None
     try:
+        if transform is not None:
+            return transform(sample[ext], draws), ids
         img = Image.open(io.BytesIO(sample[ext]))
         img = img.convert("RGB")  # forces the full decode, so truncated files fail here
     except Exception:  # noqa: BLE001 - PIL raises many types for bad bytes; all mean "skip"
@@ -258,28 +286,34 @@ class _ShardStreams(IterableDataset):
         batch: list = []
         empty_chunks = 0
         pos = (epoch0, chunk0, skip)
+        replayed = (0, 0)  # (bytes, samples) read again to restore the resume position
         for epoch, chunk, urls in self.chunks(stream, epoch0, chunk0):
             replay = skip if (epoch, chunk) == (epoch0, chunk0) else 0
             rng = np.random.default_rng([self.seed, self.rank, stream, epoch, chunk, 0x5F])
             raw = _interleave([iter_tar_samples(url, raw_counts, self.retries,
                                                 self.retry_delay_s, self.timeout_s)
                                for url in urls])
+            read = [0, 0]
+            if replay:
+                raw = _count_read(raw, read)
             produced = False
             for offset, sample in enumerate(_shuffle(raw, self.shuffle_buffer, rng)):
                 if offset < replay:
                     if offset == replay - 1:
                         baseline = raw_counts.copy()
+                        replayed = (read[0], read[1])  # the buffer's read-ahead included
                     continue
                 pos = (epoch, chunk, offset + 1)
-                decoded = decode_sample(sample, decode_counts, self.tokenizer)
+                draws = sample_draws(self.seed, self.rank, stream, epoch, chunk, offset)
+                decoded = decode_sample(sample, decode_counts, self.tokenizer, transform, draws)
                 if decoded is None:
                     continue
                 produced = True
-                img, ids = decoded
-                g = sample_generator(self.seed, self.rank, stream, epoch, chunk, offset)
-                batch.append((transform(img, g), ids, sample_index(sample["__key__"])))
+                image, ids = decoded
+                batch.append((image, ids, sample_index(sample["__key__"])))
                 if len(batch) == self.local_batch:
-                    yield self._emit(batch, stream, pos, raw_counts - baseline + decode_counts)
+                    yield self._emit(batch, stream, pos, raw_counts - baseline + decode_counts,
+                                     replayed)
                     batch = []
             # A stream whose shards all fail (or hold no decodable image) would otherwise spin
             # forever in endless modes: give up after what amounts to two passes over the shards.
@@ -289,16 +323,16 @@ class _ShardStreams(IterableDataset):
                 raise ValueError(f"data.train_shards: rank {self.rank} stream {stream} read {limit} "
                                  f"consecutive chunks of shards without one usable sample")
         if batch and not self.drop_last:
-            yield self._emit(batch, stream, pos, raw_counts - baseline + decode_counts)
+            yield self._emit(batch, stream, pos, raw_counts - baseline + decode_counts, replayed)
         # The final counts (e.g. a corrupt last shard) travel with an empty marker batch.
         yield {"_stream": stream, "_pos": pos, "_counters": dict(raw_counts - baseline
-                                                                 + decode_counts), "_end": True}
+                                                                 + decode_counts),
+               "_replayed": replayed, "_end": True}
 
-    def _emit(self, batch, stream, pos, counts: Counter) -> dict:
-        images, ids, index = zip(*batch)  # captions were tokenised as they were decoded
-        return {"images": torch.stack(images), "tokens": torch.tensor(ids, dtype=torch.long),
-                "index": torch.tensor(index, dtype=torch.long), "_stream": stream,
-                "_pos": pos, "_counters": dict(counts)}
+    def _emit(self, batch, stream, pos, counts: Counter, replayed) -> dict:
+        # captions were tokenised as they were decoded
+        return {**collate_samples(batch), "_stream": stream, "_pos": pos,
+                "_counters": dict(counts), "_replayed": replayed}
 
 
 # ---------------------------------------------------------------------------------- loader
@@ -333,17 +367,22 @@ class TrainLoader:
             self.synthetic_samples = int(n) if n else None
             self.next_sample = 0
             return
-        self.shards = expand_shards(spec)
         self.num_streams = max(1, self.workers)
         self.resampled = bool(_cfg(data_cfg, "resampled"))
         epochs = _cfg(data_cfg, "epochs")
         self.epochs = int(epochs) if epochs is not None else None
         slots = world_size * self.num_streams
-        if not self.resampled and len(self.shards) < slots:
-            raise ValueError(f"data.train_shards {spec!r} has {len(self.shards)} shard(s), fewer "
-                             f"than ranks x workers = {slots}; use data.resampled=true or fewer "
-                             f"workers")
-        probe_shards(self.shards, spec, timeout_s=float(_cfg(data_cfg, "shard_timeout_s")))
+
+        def resolve() -> list[str]:
+            shards = expand_shards(spec)
+            if not self.resampled and len(shards) < slots:
+                raise ValueError(f"data.train_shards {spec!r} has {len(shards)} shard(s), fewer "
+                                 f"than ranks x workers = {slots}; use data.resampled=true or "
+                                 f"fewer workers")
+            probe_shards(shards, spec, timeout_s=float(_cfg(data_cfg, "shard_timeout_s")))
+            return shards
+
+        self.shards = on_rank0(resolve, world_size)
         self.stream_kw = dict(
             shuffle_buffer=int(_cfg(data_cfg, "shuffle_buffer")),
             shards_per_chunk=int(_cfg(data_cfg, "shards_per_chunk")),
@@ -353,6 +392,9 @@ class TrainLoader:
             drop_last=bool(_cfg(data_cfg, "drop_last")))
         self.positions: dict[int, tuple[int, int, int]] = {}
         self.batches = 0
+        # Per stream, (bytes, samples) re-read after the last resume to restore its position:
+        # at most one chunk (shards_per_chunk shards) of raw, undecoded tar bytes.
+        self.replayed: dict[int, tuple[int, int]] = {}
 
     # -- iteration
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -394,6 +436,7 @@ class TrainLoader:
             stream = item.pop("_stream")
             self.positions[stream] = tuple(item.pop("_pos"))
             self._stream_counts[stream] = item.pop("_counters")
+            self.replayed[stream] = tuple(item.pop("_replayed"))
             if item.pop("_end", False):
                 continue
             self.batches += 1
@@ -455,6 +498,32 @@ class TrainLoader:
 PROBE_SHARDS = 8
 
 
+def on_rank0(fn, world_size: int):
+    """fn() on rank 0 only, its result (or its error, as ValueError) broadcast to every rank.
+
+    Used to expand and probe the shard pattern once per job: at 512 ranks x 400k LAION shards,
+    every rank stat-ing every shard is ~10^8 metadata calls on a shared filesystem at start.
+    Without an initialised process group of `world_size` ranks (tests that simulate ranks,
+    single process) fn() runs locally."""
+    if not (world_size > 1 and dist.is_available() and dist.is_initialized()
+            and dist.get_world_size() == world_size):
+        return fn()
+    box: list = [None]
+    error = None
+    if dist.get_rank() == 0:
+        try:
+            box = [("ok", fn())]
+        except Exception as e:  # noqa: BLE001 - forwarded so the other ranks do not hang
+            error, box = e, [("error", str(e))]
+    dist.broadcast_object_list(box, src=0)
+    if error is not None:
+        raise error
+    kind, value = box[0]
+    if kind == "error":
+        raise ValueError(value)
+    return value
+
+
 def probe_shards(shards: list[str], spec: str, timeout_s: float = 60.0) -> None:
     """Fail at start, in one line, when the first shards hold no usable sample at all.
 
@@ -482,3 +551,48 @@ def build_train_loader(data_cfg, *, text_length: int, global_batch_size: int, se
     """
     return TrainLoader(data_cfg, text_length=text_length, global_batch_size=global_batch_size,
                        seed=seed, rank=rank, world_size=world_size, tokenizer=tokenizer)
+
+
+class DataWaitMeter:
+    """How long each rank waited for its batches, reduced over ranks on log steps.
+
+    The slowest rank gates every step, so rank 0's own wait understates a data stall: report
+    the slowest rank's total wait and the p99 of every batch wait of every rank in the window.
+
+        meter = DataWaitMeter()
+        t = time.time(); batch = next(it); meter.add(time.time() - t)     # each step
+        row.update(meter.summary(device, world_size, elapsed_s))         # log steps, ALL ranks
+
+    summary() is a collective when world_size > 1 (two all_gathers of a few floats per step
+    of the window) and starts a new window.
+    """
+
+    def __init__(self):
+        self.waits: list[float] = []
+
+    def add(self, seconds: float) -> None:
+        self.waits.append(float(seconds))
+
+    def summary(self, device=None, world_size: int = 1, elapsed_s: float | None = None) -> dict:
+        mine = torch.tensor(self.waits, dtype=torch.float64, device=device)
+        self.waits = []
+        if world_size > 1 and dist.is_available() and dist.is_initialized():
+            n = torch.tensor([mine.numel()], device=mine.device)
+            counts = [torch.zeros_like(n) for _ in range(world_size)]
+            dist.all_gather(counts, n)
+            counts = [int(c) for c in counts]
+            pad = mine.new_zeros(max(counts + [1]))
+            pad[: mine.numel()] = mine
+            parts = [torch.zeros_like(pad) for _ in range(world_size)]
+            dist.all_gather(parts, pad)
+            per_rank = [p[:c].cpu() for p, c in zip(parts, counts)]
+        else:
+            per_rank = [mine.cpu()]
+        totals = [float(p.sum()) for p in per_rank]
+        slowest = max(range(len(totals)), key=totals.__getitem__)
+        pooled = torch.cat(per_rank)
+        out = {"data_wait_max_s": totals[slowest], "data_wait_slowest_rank": slowest,
+               "data_wait_p99_s": float(torch.quantile(pooled, 0.99)) if pooled.numel() else 0.0}
+        if elapsed_s:
+            out["data_wait_frac_max"] = min(totals[slowest] / elapsed_s, 1.0)
+        return out

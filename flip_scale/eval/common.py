@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 import time
 from typing import Callable, Iterable, Iterator
@@ -19,7 +20,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 
-from ..data.eval_datasets import EvalDataset, open_eval_dataset
+from ..data.eval_datasets import IMAGE_FILE_EXTS, EvalDataset, _imagefolder_classes, open_eval_dataset
+from ..data.loader import IMAGE_EXTS
+from ..data.shards import iter_tar_samples
 from ..models.masking import num_kept
 
 
@@ -41,17 +44,73 @@ def open_dataset(dataset_dir: str, transform_or_image_size) -> EvalDataset:
     return ds
 
 
-def iter_rank_slice(ds: EvalDataset, rank: int, world_size: int) -> Iterator[tuple[int, torch.Tensor, object]]:
-    """(global index, image, target) for samples i with i % world_size == rank.
+SHARD_INDEX_BITS = 24  # sample j of shard k has index k << 24 | j: dataset order, any world size
 
-    Only this rank's images are decoded: the raw bytes of the others are skipped, which is
-    where the speed-up of a distributed evaluation comes from on CPU-bound decoding.
+
+def _parse_eval_sample(ds: EvalDataset, s: dict):
+    """(image bytes, target) of a CLIP_benchmark sample, or None (counted) when incomplete."""
+    ext = next((e for e in IMAGE_EXTS if e in s), None)
+    target = s.get("txt" if ds.kind == "retrieval" else "cls")
+    if ext is None or target is None:
+        ds.skipped["incomplete_sample"] += 1
+        return None
+    text = target.decode("utf-8").strip()
+    return s[ext], ([c for c in text.split("\n") if c.strip()] if ds.kind == "retrieval" else int(text))
+
+
+def eval_shards(ds: EvalDataset) -> list[str]:
+    """The test shards of a CLIP_benchmark set, in order."""
+    test = os.path.join(ds.path, "test")
+    with open(os.path.join(test, "nshards.txt")) as f:
+        n = int(f.read().split()[0])
+    return [os.path.join(test, f"{k}.tar") for k in range(n)]
+
+
+def _raw_rank_slice(ds: EvalDataset, rank: int, world_size: int) -> Iterator[tuple[int, bytes, object]]:
+    """(index, image bytes, target) of this rank's samples, reading as little as possible.
+
+    CLIP_benchmark sets with at least world_size shards: rank r reads only shards k with
+    k % world_size == r (a rank no longer streams the whole set to keep 1/world of it).
+    Fewer shards than ranks: every rank streams them and keeps samples j % world_size == r.
+    ImageFolder: rank r opens only its files i % world_size == r. Indices sort in dataset order
+    and do not depend on the world size, so gathered results are the 1-process ones.
     """
+    if ds.webdataset:
+        shards = eval_shards(ds)
+        by_shard = len(shards) >= world_size
+        n = 0
+        for k, url in enumerate(shards):
+            if by_shard and k % world_size != rank:
+                continue
+            for j, s in enumerate(iter_tar_samples(url, ds.skipped, retries=0)):
+                if j >> SHARD_INDEX_BITS:
+                    raise ValueError(f"{url}: more than {1 << SHARD_INDEX_BITS} samples in one shard")
+                item = _parse_eval_sample(ds, s)
+                if item is None:
+                    continue
+                n += 1
+                if by_shard or (n - 1) % world_size == rank:
+                    yield (k << SHARD_INDEX_BITS) | j, item[0], item[1]
+        return
     i = -1
-    for data, target in ds._raw():  # noqa: SLF001 - raw bytes let us skip other ranks' decodes
-        i += 1
-        if i % world_size != rank:
-            continue
+    for label, cls in enumerate(_imagefolder_classes(ds.path)):
+        folder = os.path.join(ds.path, cls)
+        for name in sorted(os.listdir(folder)):
+            if not name.lower().endswith(IMAGE_FILE_EXTS):
+                continue
+            i += 1
+            if i % world_size == rank:
+                with open(os.path.join(folder, name), "rb") as f:
+                    yield i, f.read(), label
+
+
+def iter_rank_slice(ds: EvalDataset, rank: int, world_size: int) -> Iterator[tuple[int, torch.Tensor, object]]:
+    """(index, image, target) of this rank's slice of the set (see _raw_rank_slice).
+
+    Only this rank's shards (or files) are read and only its images decoded, which is where
+    the speed-up of a distributed evaluation comes from on CPU-bound decoding.
+    """
+    for i, data, target in _raw_rank_slice(ds, rank, world_size):
         try:
             img = Image.open(io.BytesIO(data)).convert("RGB")
         except Exception:  # noqa: BLE001 - like EvalDataset.__iter__: count and skip bad images

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.transforms import float_images
 from .sizes import ModelSize, get_size
 from .towers import LOGIT_SCALE_INIT, LOGIT_SCALE_MAX, PixelDecoder, TextTower, VisionTower, init_weights
 
@@ -59,6 +60,7 @@ class FlipModel(nn.Module):
 
     def encode_image(self, images: torch.Tensor, mask_ratio: float | None = None,
                      noise: torch.Tensor | None = None, normalize: bool = True) -> torch.Tensor:
+        images = float_images(images)  # the loader ships uint8; normalised here, on the device
         ratio = 0.0 if mask_ratio is None else mask_ratio
         x = self.visual(images, ratio, noise)
         return F.normalize(x, dim=-1) if normalize else x
@@ -78,6 +80,7 @@ class FlipModel(nn.Module):
         """Named outputs (open_clip's dict): `image_features`, `text_features` (L2-normalised),
         `logit_scale` (clamped, exponentiated) and any auxiliary `*_loss` scalars, which the
         training step adds to the contrastive loss, so an ablation head needs no branch there."""
+        images = float_images(images)  # uint8 from the loader; the decoder's targets need floats too
         if mask_ratio is None:
             mask_ratio = self.mask_ratio if self.training else 0.0
         out = {"logit_scale": self.logit_scale.clamp(0.0, LOGIT_SCALE_MAX).exp(),
