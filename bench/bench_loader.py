@@ -43,6 +43,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
 
+from flip_scale.config import DataConfig  # noqa: E402
 from flip_scale.data import transforms as T  # noqa: E402
 from flip_scale.data.loader import build_train_loader, sample_index  # noqa: E402
 from flip_scale.data.shards import expand_shards, iter_tar_samples  # noqa: E402
@@ -126,8 +127,8 @@ def _timed(it, batch: int, batches: int, warmup: int, waits: list | None = None)
 
 def measure_flip(shards: str, workers: int, image_size: int, batch: int, batches: int,
                  waits: list | None = None) -> float:
-    cfg = types.SimpleNamespace(train_shards=shards, tokenizer="builtin", image_size=image_size,
-                                workers=workers, resampled=True, shuffle_buffer=1000)
+    cfg = DataConfig(train_shards=shards, tokenizer="builtin", image_size=image_size, workers=workers,
+                     resampled=True, shuffle_buffer=1000)
     loader = build_train_loader(cfg, text_length=32, global_batch_size=batch, seed=0, rank=0,
                                 world_size=1)
     it = iter(loader)
@@ -195,8 +196,8 @@ def measure_resume(shards: str, workers: int, image_size: int, batch: int, batch
     """Kill-and-resume cost: after `batches` batches, a fresh loader restores the state; report
     the raw bytes (and samples) each stream re-read to get back to its exact position, the
     bound (one chunk of shards_per_chunk shards), and the time to the first resumed batch."""
-    cfg = types.SimpleNamespace(train_shards=shards, tokenizer="builtin", image_size=image_size,
-                                workers=workers, resampled=True, shuffle_buffer=1000)
+    cfg = DataConfig(train_shards=shards, tokenizer="builtin", image_size=image_size, workers=workers,
+                     resampled=True, shuffle_buffer=1000)
     kw = dict(text_length=32, global_batch_size=batch, seed=0, rank=0, world_size=1)
     first = build_train_loader(cfg, **kw)
     it = iter(first)

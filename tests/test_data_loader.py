@@ -1,19 +1,19 @@
 """Training loader on the synthetic source: batch layout, world-size invariance, resume."""
 
-import types
 
 import pytest
 import torch
 
+from flip_scale.config import DataConfig
 from flip_scale.data.loader import build_train_loader
 
 from conftest import take
 
 
 def _cfg(**kw):
-    base = dict(train_shards="synthetic", tokenizer="builtin", image_size=24, workers=0)
+    base = dict(train_shards="synthetic", tokenizer="builtin", image_size=24, workers=0, resampled=False)
     base.update(kw)
-    return types.SimpleNamespace(**base)
+    return DataConfig(**base)
 
 
 def test_batch_layout():
@@ -70,43 +70,3 @@ def test_missing_shards_raise_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match="matches no shards"):
         build_train_loader(_cfg(train_shards=str(tmp_path / "x-{000..003}.tar")), text_length=8,
                            global_batch_size=2, seed=0, rank=0, world_size=1)
-
-
-def _wait_worker(rank, world, init_file, out_dir):
-    import json
-    import os
-
-    import torch.distributed as dist
-
-    from flip_scale.data.loader import DataWaitMeter
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    meter = DataWaitMeter()
-    # Rank 1 is the slow one; rank 0 waited little. 100 batch waits per rank in the window.
-    for i in range(100):
-        meter.add(0.001 * (i % 3) if rank == 0 else (0.01 if i != 7 else 2.0))
-    first = meter.summary(None, world, elapsed_s=10.0)
-    meter.add(0.5 if rank == 0 else 0.0)  # next window: now rank 0 is the slow one
-    second = meter.summary(None, world)
-    with open(os.path.join(out_dir, f"{rank}.json"), "w") as f:
-        json.dump([first, second], f)
-    dist.destroy_process_group()
-
-
-def test_data_wait_reports_the_slowest_rank_and_p99_over_all_ranks(tmp_path):
-    """Two real gloo ranks: both get the same summary, naming rank 1 (the stalled one) and its
-    wait, not rank 0's; the p99 pools every batch wait of both ranks; windows reset."""
-    import json
-
-    import torch.multiprocessing as mp
-
-    mp.spawn(_wait_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    r0, r1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
-    assert r0 == r1
-    first, second = r0
-    assert first["data_wait_slowest_rank"] == 1
-    assert first["data_wait_max_s"] == pytest.approx(99 * 0.01 + 2.0)
-    assert first["data_wait_frac_max"] == pytest.approx((99 * 0.01 + 2.0) / 10.0)
-    waits = sorted([0.001 * (i % 3) for i in range(100)] + [0.01] * 99 + [2.0])
-    assert first["data_wait_p99_s"] == pytest.approx(float(torch.quantile(torch.tensor(waits, dtype=torch.float64), 0.99)))
-    assert second["data_wait_slowest_rank"] == 0 and second["data_wait_max_s"] == pytest.approx(0.5)

@@ -6,11 +6,11 @@ import io
 import os
 import tarfile
 import threading
-import types
 
 import pytest
 import torch
 
+from flip_scale.config import DataConfig
 from flip_scale.data.loader import build_train_loader
 from flip_scale.data.shards import expand_shards
 from flip_scale.data.synthetic import write_synthetic_shards
@@ -20,9 +20,9 @@ from conftest import take
 
 def _cfg(shards, **kw):
     base = dict(train_shards=shards, tokenizer="builtin", image_size=16, workers=0,
-                shuffle_buffer=8, shard_retry_delay_s=0.01, shards_per_chunk=2)
+                shuffle_buffer=8, shard_retry_delay_s=0.01, shards_per_chunk=2, resampled=False)
     base.update(kw)
-    return types.SimpleNamespace(**base)
+    return DataConfig(**base)
 
 
 def _loader(cfg, batch=4, rank=0, world=1, seed=0):

@@ -54,30 +54,10 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 COUNTER_NAMES = ("corrupt_member", "bad_image", "empty_caption", "incomplete_sample",
                  "shard_error", "shard_retry")
 
-# Data config fields this module reads, with defaults. The trainer's config may hold more;
-# anything missing falls back to these (getattr), so the loader works with any config object.
-DATA_DEFAULTS: dict[str, Any] = {
-    "train_shards": "synthetic",
-    "tokenizer": "builtin",
-    "text_cls_token": False,
-    "image_size": 224,
-    "workers": 0,
-    "shuffle_buffer": 1000,
-    "resampled": False,
-    "epochs": None,
-    "shards_per_chunk": 8,
-    "shard_retries": 2,
-    "shard_retry_delay_s": 1.0,
-    "shard_timeout_s": 60.0,
-    "drop_last": True,
-    "prefetch_factor": 2,
-    "pin_memory": False,
-    "synthetic_samples": None,
-}
-
-
 def _cfg(data_cfg, name: str):
-    return getattr(data_cfg, name, DATA_DEFAULTS[name])
+    """A field of the one data config type (flip_scale.config.DataConfig: its defaults and docs
+    are the only ones; recipes, tests and benchmarks all build that type)."""
+    return getattr(data_cfg, name)
 
 
 def _identity(x):
@@ -356,6 +336,7 @@ class TrainLoader:
         self.workers = int(_cfg(data_cfg, "workers"))
         self.prefetch_factor = int(_cfg(data_cfg, "prefetch_factor"))
         self.pin_memory = bool(_cfg(data_cfg, "pin_memory"))
+        self.loader_timeout_s = float(_cfg(data_cfg, "loader_timeout_s"))
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(
             str(_cfg(data_cfg, "tokenizer")), text_length, bool(_cfg(data_cfg, "text_cls_token")))
         spec = str(_cfg(data_cfg, "train_shards"))
@@ -410,8 +391,10 @@ class TrainLoader:
     def _loader_kw(self) -> dict:
         kw: dict[str, Any] = {"num_workers": self.workers, "pin_memory": self.pin_memory}
         if self.workers > 0:
+            # A worker stuck on a dead mount fails the step after loader_timeout_s (a requeue
+            # with the run's hang report) instead of waiting until the job's time limit.
             kw.update(prefetch_factor=self.prefetch_factor, worker_init_fn=_worker_init,
-                      persistent_workers=False)
+                      persistent_workers=False, timeout=self.loader_timeout_s)
         return kw
 
     def _iter_synthetic(self):
@@ -551,48 +534,3 @@ def build_train_loader(data_cfg, *, text_length: int, global_batch_size: int, se
     """
     return TrainLoader(data_cfg, text_length=text_length, global_batch_size=global_batch_size,
                        seed=seed, rank=rank, world_size=world_size, tokenizer=tokenizer)
-
-
-class DataWaitMeter:
-    """How long each rank waited for its batches, reduced over ranks on log steps.
-
-    The slowest rank gates every step, so rank 0's own wait understates a data stall: report
-    the slowest rank's total wait and the p99 of every batch wait of every rank in the window.
-
-        meter = DataWaitMeter()
-        t = time.time(); batch = next(it); meter.add(time.time() - t)     # each step
-        row.update(meter.summary(device, world_size, elapsed_s))         # log steps, ALL ranks
-
-    summary() is a collective when world_size > 1 (two all_gathers of a few floats per step
-    of the window) and starts a new window.
-    """
-
-    def __init__(self):
-        self.waits: list[float] = []
-
-    def add(self, seconds: float) -> None:
-        self.waits.append(float(seconds))
-
-    def summary(self, device=None, world_size: int = 1, elapsed_s: float | None = None) -> dict:
-        mine = torch.tensor(self.waits, dtype=torch.float64, device=device)
-        self.waits = []
-        if world_size > 1 and dist.is_available() and dist.is_initialized():
-            n = torch.tensor([mine.numel()], device=mine.device)
-            counts = [torch.zeros_like(n) for _ in range(world_size)]
-            dist.all_gather(counts, n)
-            counts = [int(c) for c in counts]
-            pad = mine.new_zeros(max(counts + [1]))
-            pad[: mine.numel()] = mine
-            parts = [torch.zeros_like(pad) for _ in range(world_size)]
-            dist.all_gather(parts, pad)
-            per_rank = [p[:c].cpu() for p, c in zip(parts, counts)]
-        else:
-            per_rank = [mine.cpu()]
-        totals = [float(p.sum()) for p in per_rank]
-        slowest = max(range(len(totals)), key=totals.__getitem__)
-        pooled = torch.cat(per_rank)
-        out = {"data_wait_max_s": totals[slowest], "data_wait_slowest_rank": slowest,
-               "data_wait_p99_s": float(torch.quantile(pooled, 0.99)) if pooled.numel() else 0.0}
-        if elapsed_s:
-            out["data_wait_frac_max"] = min(totals[slowest] / elapsed_s, 1.0)
-        return out
