@@ -10,12 +10,12 @@ from torch import nn
 
 import flip_scale
 from flip_scale import checkpoint as ckpt_lib
+from flip_scale.config.schema import Config
 from flip_scale.distributed.backends import get_backend_class
 from flip_scale.distributed.env import DistEnv
 from flip_scale.loss import clip_loss
 from flip_scale.plan import load_plan_config
 from flip_scale.train.build import build_model_from_config
-from flip_scale.config.schema import Config
 from flip_scale.train.optim import lr_at, param_groups
 
 from conftest import ROOT, TINY
