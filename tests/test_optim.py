@@ -10,6 +10,7 @@ from torch import nn
 
 import flip_scale
 from flip_scale import checkpoint as ckpt_lib
+from flip_scale.config.schema import Config
 from flip_scale.distributed.backends import get_backend_class
 from flip_scale.distributed.env import DistEnv
 from flip_scale.loss import clip_loss
@@ -131,11 +132,11 @@ def _single_backend(overrides=()):
 def test_backend_optimizer_decays_only_the_decay_group():
     """With zero gradients AdamW's Adam part is 0, so one step shows the decoupled decay alone:
     decayed tensors shrink by (1 - lr * 0.2), the others do not move."""
-    cfg, backend = _single_backend()
-    model = backend.model
-    # No clipping by default: the authors' optimizer is utils/adamw.py:88-99, optax.chain(scale_by_adam,
+    # No clipping, as the authors' optimizer: utils/adamw.py:88-99 is optax.chain(scale_by_adam,
     # add_decayed_weights, scale_by_learning_rate), with no clip transform anywhere in the release.
-    assert cfg.train.weight_decay == 0.2 and cfg.train.grad_clip == 0.0
+    cfg, backend = _single_backend(["train.grad_clip=0"])
+    model = backend.model
+    assert cfg.train.weight_decay == 0.2
     opt = backend.optimizer
     assert isinstance(opt, torch.optim.AdamW)
     assert all(g["betas"] == (0.9, 0.95) for g in opt.param_groups)  # FLIP_FACTS: beta1 0.9, beta2 0.95
@@ -236,8 +237,9 @@ def test_step_clips_before_the_update_and_returns_the_pre_clip_norm():
 
 
 def test_grad_clip_zero_disables_clipping():
-    cfg, backend = _single_backend()  # the default: no clipping, as the authors' optimizer
-    assert cfg.train.grad_clip == 0.0
+    # The schema's default is no clipping, as the authors' optimizer (the tiny CPU recipe clips).
+    assert Config().train.grad_clip == 0.0
+    cfg, backend = _single_backend(["train.grad_clip=0"])
     backend.backward(_loss(backend, cfg))
     params = list(backend.model.parameters())
     pre = _total_norm(params)

@@ -20,7 +20,8 @@ def pretrained(tmp_path_factory):
     run = tmp_path_factory.mktemp("pretrain")
     # Higher lr than tiny.yaml so that 40 steps learn clearly (loss ~4.2 -> ~3.7). At that lr the
     # tiny model needs gradient clipping (measured: without it the loss stays at chance, ln 64 =
-    # 4.16, after 40 steps; with it 4.19 -> 3.72), which FLIP's default (no clipping) no longer adds.
+    # 4.16, after 40 steps; with it 4.19 -> 3.72): tiny.yaml clips, stated here too because the
+    # schema's default (FLIP's) does not.
     run_training(load_recipe(TINY, [f"train.out_dir={run}", "train.samples=2560", "train.base_lr=1.0e-2",
                                     "train.warmup_samples=320", "checkpoint.every_steps=0",
                                     "train.grad_clip=1.0"]))
