@@ -120,9 +120,10 @@ def make_plan(cfg: Config, nodes: int, gpus_per_node: int, gpu: str, mfu: float 
     data_s = micro / feed if feed > 0 else float("inf")
     step_s = max(gpu_step_s, data_s)
     steps = t.samples // t.global_batch_size
-    ckpt = checkpoint_cost(p.backend, p.zero_stage, p.precision, counts["total"], world, gbps_to_bytes(fs_gbps))
-    run = plan_runtime(step_s, steps, cfg.checkpoint.every_steps, ckpt.write_s, nodes, failures_per_node_day,
-                       restart_min * 60)
+    ckpt = checkpoint_cost(p.backend, p.zero_stage, p.precision, counts["total"], world, gbps_to_bytes(fs_gbps),
+                           async_save=cfg.checkpoint.async_save)
+    run = plan_runtime(step_s, steps, cfg.checkpoint.every_steps, ckpt.blocked_s, nodes, failures_per_node_day,
+                       restart_min * 60, every_minutes=cfg.checkpoint.every_minutes)
     step = {"compute_s": compute_s, "forward_s": forward_s, "image_forward_s": image_forward_s,
             "comm_exposed_s": comm.exposed_s, "gpu_step_s": gpu_step_s, "data_s": data_s, "step_s": step_s,
             "data_bound": data_s > gpu_step_s, "micro_batch": micro}
@@ -149,7 +150,8 @@ def make_plan(cfg: Config, nodes: int, gpus_per_node: int, gpu: str, mfu: float 
                    "overlap_comm": layout.overlap_comm, "overlap_loss_gather": layout.overlap_loss_gather},
         "reshard_setting": str(p.reshard_after_forward).lower(),
         "comm": comm.as_dict(), "comm_alternatives": alternatives, "step": step, "loader": loader,
-        "checkpoint": {**ckpt.as_dict(), "fs_gbps": fs_gbps, "every_steps": cfg.checkpoint.every_steps},
+        "checkpoint": {**ckpt.as_dict(), "fs_gbps": fs_gbps, "every_steps": cfg.checkpoint.every_steps,
+                       "every_minutes": cfg.checkpoint.every_minutes},
         "runtime": {**run.as_dict(), "failures_per_node_day": failures_per_node_day, "restart_min": restart_min},
         "total": total,
     }
@@ -281,8 +283,12 @@ def format_costs(plan: dict) -> list[str]:
                  f"trainer); {ld['cpus_per_gpu']} available [--cpus-per-gpu]: "
                  + ("enough" if enough else f"NOT enough, the loader caps a GPU at "
                                             f"{ld['loader_samples_per_s_per_gpu']:,.0f} samples/s"))
+    every = " or ".join([f"{ck['every_steps']} steps"] * bool(ck["every_steps"])
+                        + [f"{ck['every_minutes']:g} min"] * bool(ck["every_minutes"])) or "the end only"
+    blocked = (f"training blocked {_ms(ck['blocked_s'])} per save (asynchronous: the copy to host memory)"
+               if ck["asynchronous"] else "training blocked for the write")
     lines.append(f"checkpoint: {_gb(ck['bytes'])}, {ck['files']:,} files, {ck['write_s']:.1f} s to write at "
-                 f"{ck['fs_gbps']:g} Gb/s [--fs-gbps]; every {ck['every_steps']} steps = "
+                 f"{ck['fs_gbps']:g} Gb/s [--fs-gbps], {blocked}; every {every} = "
                  f"{rt['interval_s'] / 60:.1f} min, {rt['checkpoints']} in the run ({_duration(rt['checkpoint_s'])})")
     if rt["mtbf_s"] != float("inf"):
         daly_steps = rt["daly_interval_s"] / st["step_s"]

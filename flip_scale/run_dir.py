@@ -70,7 +70,7 @@ def load_for_inference(path, device="cpu"):
     ckpt = resolve_checkpoint(path)
     run_dir = run_dir_of_checkpoint(ckpt).root
     cfg = read_run_config(run_dir)
-    tokenizer = load_tokenizer(tokenizer_spec_for_run(cfg, run_dir), cfg.model.text_length)
+    tokenizer = load_tokenizer(tokenizer_spec_for_run(cfg, run_dir), cfg.model.text_length, cfg.data.text_cls_token)
     model = build_model_from_config(cfg, tokenizer.vocab_size)
     model.load_state_dict(read_full_weights(ckpt))
     model.to(device).eval()

@@ -269,3 +269,20 @@ def test_deepspeed_config_has_the_planners_buckets(stage):
         off = deepspeed_config(load_plan_config(H14_STUDY, ["parallel.backend=deepspeed", "parallel.shard_group_size=null", "parallel.overlap_comm=false",
                                                             "parallel.precision=fp32"], W), W)
         assert off["zero_optimization"]["overlap_comm"] is False and off["communication_data_type"] == "fp32"
+
+
+def test_checkpoint_interval_by_wall_clock_and_asynchronous_cost():
+    """checkpoint.every_minutes sets the interval when shorter than every_steps (0 = unset); an
+    asynchronous FSDP save costs the run only its copy to host memory (a rank's shard at the
+    assumed host-copy rate), a synchronous one the whole write."""
+    by_time = R.plan_runtime(1.0, 100_000, 0, 5.0, nodes=10, failures_per_node_day=0.1, every_minutes=30)
+    assert by_time.interval_s == 1800 and by_time.checkpoints == 100_000 // 1800
+    both = R.plan_runtime(1.0, 100_000, 600, 5.0, nodes=10, failures_per_node_day=0.1, every_minutes=30)
+    assert both.interval_s == 600  # the trainer saves on whichever comes first
+    assert R.plan_runtime(1.0, 1000, 0, 5.0, nodes=1, failures_per_node_day=0).interval_s == 1000  # at the end
+    sync = R.checkpoint_cost("fsdp", None, "bf16", N, W, 1e10)
+    asyn = R.checkpoint_cost("fsdp", None, "bf16", N, W, 1e10, async_save=True)
+    assert sync.blocked_s == sync.write_s and asyn.write_s == sync.write_s
+    assert asyn.blocked_s == pytest.approx(asyn.bytes / W / R.HOST_COPY_BYTES_PER_S)
+    assert R.checkpoint_cost("deepspeed", 2, "bf16", N, W, 1e10, async_save=True).blocked_s == pytest.approx(
+        R.checkpoint_cost("deepspeed", 2, "bf16", N, W, 1e10).write_s)  # DeepSpeed saves synchronously

@@ -395,6 +395,12 @@ def test_the_node_of_a_crashed_task_is_excluded_from_the_requeued_job(cluster, t
                           f"--output={tmp_path}/badnode-slurm-%j.out", TEMPLATE], env_extra=env, cwd=ROOT)
     info = wait_requeued(cluster, job, run, 60)
     bad = mark.read_text().strip()
+    # The batch shell sets the exclusion right after its requeue: the job can be seen pending a
+    # moment before that update lands.
+    end = time.time() + 30
+    while info.get("ExcNodeList") in (None, "(null)") and time.time() < end:
+        time.sleep(0.5)
+        info = cluster.job_info(job)
     assert info["ExcNodeList"] == bad, info
     release(cluster, job)
     info = cluster.wait_job(job, timeout_s=60)

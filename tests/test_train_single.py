@@ -96,3 +96,15 @@ def test_checkpoints_by_wall_clock_interval_are_agreed_on_log_steps(tmp_path):
                                     "parallel.backend=single", f"train.out_dir={out}"]))
     saved = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
     assert saved == ["step_00000004", "step_00000008", "step_00000010"]
+
+
+def test_text_cls_token_reaches_training_and_inference(tmp_path):
+    """data.text_cls_token: true trains on [CLS] ... [SEP] captions and the run's tokenizer, loaded
+    back for inference from the run directory, makes the same layout (false: word pieces only)."""
+    for cls in (True, False):
+        out = tmp_path / f"cls_{cls}"
+        run_training(load_recipe(TINY, ["train.samples=128", "checkpoint.every_steps=0", "parallel.backend=single",
+                                        f"data.text_cls_token={str(cls).lower()}", f"train.out_dir={out}"]))
+        _, tokenizer, _ = flip_scale.load_checkpoint(out)
+        ids = tokenizer(["a large red circle"])[0].tolist()
+        assert (ids[0] == tokenizer.cls_id) == cls, ids

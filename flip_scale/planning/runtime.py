@@ -37,18 +37,26 @@ def loader_samples_per_s(cpus_per_gpu: int, images_per_core: float = LOADER_IMAG
     return max(cpus_per_gpu - TRAINER_CORES_PER_GPU, 0) * images_per_core
 
 
+# Device-to-host copy rate of one GPU's checkpoint shard into pinned memory (asynchronous saves
+# block training only for this copy). Assumed, not measured here (no GPU in the measuring task):
+# PCIe Gen5 x16 DMA reaches ~50 GB/s one way; 10 GB/s allows for 8 GPUs sharing host links.
+HOST_COPY_BYTES_PER_S = 10e9
+
+
 @dataclass
 class CheckpointCost:
     bytes: float
     files: int
     write_s: float
+    blocked_s: float  # what training waits per save: the write, or (async) the copy to host memory
+    asynchronous: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def checkpoint_cost(backend: str, zero_stage: int | None, precision: str, params: int, world: int,
-                    fs_bytes_per_s: float) -> CheckpointCost:
+                    fs_bytes_per_s: float, async_save: bool = False) -> CheckpointCost:
     """Size, files and write time of one checkpoint. Every rank writes its shard at once (DCP,
     DeepSpeed), so the time is size over the filesystem's aggregate bandwidth; single/ddp write
     from rank 0 alone, which the aggregate figure flatters."""
@@ -68,7 +76,12 @@ def checkpoint_cost(backend: str, zero_stage: int | None, precision: str, params
         backend_files = 1
     # The trainer's own: one train_state_rank*.pt per rank (data position, RNG) + meta.json.
     files = backend_files + world + 1
-    return CheckpointCost(size, files, size / fs_bytes_per_s)
+    write_s = size / fs_bytes_per_s
+    # checkpoint.async_save (FSDP/DCP): each rank copies its shard to host memory, then writes
+    # it in the background while training goes on.
+    asynchronous = async_save and backend == "fsdp"
+    blocked_s = size / world / HOST_COPY_BYTES_PER_S if asynchronous else write_s
+    return CheckpointCost(size, files, write_s, blocked_s, asynchronous)
 
 
 def daly_interval_s(write_s: float, mtbf_s: float) -> float:
@@ -121,10 +134,14 @@ def _total(work_s: float, interval_s: float, write_s: float, mtbf_s: float, rest
 
 def plan_runtime(step_s: float, steps: int, every_steps: int, write_s: float, nodes: int,
                  failures_per_node_day: float = DEFAULT_FAILURES_PER_NODE_DAY,
-                 restart_s: float = DEFAULT_RESTART_MIN * 60) -> RunTime:
+                 restart_s: float = DEFAULT_RESTART_MIN * 60, every_minutes: float = 0.0) -> RunTime:
+    """write_s: what one checkpoint costs the run (its blocking time: the write, or the copy to
+    host memory of an asynchronous save). The interval is the shorter of every_steps and
+    every_minutes where set (the trainer saves on whichever comes first); neither = at the end."""
     work = step_s * steps
     mtbf = math.inf if failures_per_node_day <= 0 else 86400.0 / (nodes * failures_per_node_day)
-    interval = step_s * every_steps if every_steps > 0 else work  # 0 = only at the end
+    intervals = [x for x in (step_s * every_steps if every_steps > 0 else 0.0, 60.0 * every_minutes) if x > 0]
+    interval = min(intervals) if intervals else work  # neither set = only at the end
     if math.isinf(mtbf):
         checkpoints = math.floor(work / interval) if interval > 0 else 0
         total, failures = work + checkpoints * write_s, 0.0

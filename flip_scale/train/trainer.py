@@ -83,7 +83,7 @@ class Trainer:
         if denv.is_main:
             write_config(cfg, self.run_dir.root)
             snapshot_tokenizer(cfg, self.run_dir.root)
-        self.tokenizer = load_tokenizer(cfg.data.tokenizer, cfg.model.text_length)
+        self.tokenizer = load_tokenizer(cfg.data.tokenizer, cfg.model.text_length, cfg.data.text_cls_token)
         # The loader comes before the model: a recipe pointing at no shards fails in seconds.
         try:
             self.loader = build_train_loader(cfg.data, text_length=cfg.model.text_length,
