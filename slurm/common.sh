@@ -178,12 +178,13 @@ flip_requeue() {
     if scontrol requeue "$SLURM_JOB_ID"; then
         # The requeued job is pending now (the controller ends this shell within KillWait):
         # a running job's node exclusion cannot be changed, a pending one's can.
+        # The controller now ends this shell: slurmd sends SIGTERM to everything in the batch
+        # step, the scontrol child included. It runs with TERM ignored (inherited through exec),
+        # so the update completes within KillWait; the log line comes first for the same reason.
         if [ -n "${FLIP_EXCLUDE:-}" ]; then
-            if scontrol update JobId="$SLURM_JOB_ID" ExcNodeList="$FLIP_EXCLUDE"; then
-                flip_log "requeued job excludes node(s) $FLIP_EXCLUDE"
-            else
+            flip_log "requeued job excludes node(s) $FLIP_EXCLUDE"
+            (trap '' TERM; exec scontrol update JobId="$SLURM_JOB_ID" ExcNodeList="$FLIP_EXCLUDE") ||
                 flip_log "could not set ExcNodeList=$FLIP_EXCLUDE on the requeued job"
-            fi
         fi
         exit 0
     fi
