@@ -15,18 +15,27 @@ TINY_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "test" / "tin
 DEMO_MARKER = ".flip_scale_demo"
 
 
+def claim_demo_dir(output: str) -> bool:
+    """Empty `output` for a new demo: a directory an earlier demo made (it holds DEMO_MARKER) is
+    replaced; any other non-empty one is refused with one line (False)."""
+    out = Path(output)
+    if out.exists() and any(out.iterdir()):
+        if not (out / DEMO_MARKER).is_file():
+            print(f"demo: {output} exists and is not a demo directory; choose another --output", file=sys.stderr)
+            return False
+        shutil.rmtree(out)  # a previous demo: the demo always starts fresh
+    return True
+
+
 def run_demo(output: str = "runs/demo", steps: int = 300) -> int:
     from .train.trainer import run_training
 
     if steps < 2:
         print("demo: --steps must be at least 2", file=sys.stderr)
         return 2
+    if not claim_demo_dir(output):
+        return 2
     out = Path(output)
-    if out.exists() and any(out.iterdir()):
-        if not (out / DEMO_MARKER).is_file():
-            print(f"demo: {output} exists and is not a demo directory; choose another --output", file=sys.stderr)
-            return 2
-        shutil.rmtree(out)  # a previous demo: the demo always starts fresh
     recipe = TINY_RECIPE
     if not recipe.is_file():  # installed without the recipes folder: use the packaged copy
         recipe = Path(__file__).resolve().parent / "assets" / "tiny.yaml"

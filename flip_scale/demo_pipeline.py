@@ -32,7 +32,6 @@ import http.server
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -42,7 +41,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .demo import DEMO_MARKER, TINY_RECIPE
+from .demo import DEMO_MARKER, TINY_RECIPE, claim_demo_dir
 
 MASKS = (0.0, 0.5, 0.75)
 
@@ -405,10 +404,6 @@ def run_full_demo(output: str, size: DemoSize = FULL) -> int:
         print(f"demo: needs Python package(s) {', '.join(missing)}: pip install 'flip-scale[data,report]' "
               f"(`make demo` does); `flip-scale demo --quick` needs neither", file=sys.stderr)
         return 2
-    out = Path(output)
-    if out.exists() and any(out.iterdir()):
-        if not (out / DEMO_MARKER).is_file():
-            print(f"demo: {output} exists and is not a demo directory; choose another --output", file=sys.stderr)
-            return 2
-        shutil.rmtree(out)  # a previous demo: the demo always starts fresh
+    if not claim_demo_dir(output):
+        return 2
     return Demo(output, size).run()
