@@ -236,7 +236,7 @@ class Checkpointer:
         self.meta = meta  # static fields (world size, backend, batch) added to every meta.json
         self.async_mode = bool(c.async_save) and getattr(backend, "supports_async_save", False)
         if c.async_save and not self.async_mode:
-            log(f"checkpoint.async_save: parallel.backend={cfg.parallel.backend} saves synchronously "
+            log(f"checkpoint.async: parallel.backend={cfg.parallel.backend} saves synchronously "
                 f"(asynchronous checkpoints are FSDP-only)")
         self.test_delay_s = float(os.environ.get(SAVE_DELAY_ENV, "0") or 0)
         self.last_save_time = time.time()

@@ -143,3 +143,16 @@ def test_packaged_demo_recipe_is_the_tiny_recipe():
     """`flip-scale demo` falls back to the packaged copy when installed without recipes/."""
     packaged = ROOT / "flip_scale" / "assets" / "tiny.yaml"
     assert packaged.read_text() == TINY.read_text()
+
+
+def test_checkpoint_async_is_the_recipe_key_of_a_python_field(tmp_path):
+    """INTERFACE.md names it `checkpoint.async` (a Python keyword): recipes, overrides and the
+    dumped config.yaml use that key; the field behind it is async_save."""
+    from flip_scale.config import dump_config, write_config
+
+    cfg = load_recipe(TINY, ["checkpoint.async=false"])
+    assert cfg.checkpoint.async_save is False and "  async: false\n" in dump_config(cfg)
+    write_config(cfg, tmp_path)
+    assert load_recipe(tmp_path / "config.yaml").checkpoint.async_save is False  # config.yaml loads back
+    with pytest.raises(ConfigError, match="unknown key 'checkpoint.async_save'.*async"):
+        load_recipe(TINY, ["checkpoint.async_save=false"])

@@ -15,7 +15,7 @@ import yaml
 
 from ..fileio import write_text_atomic
 from ..run_dir import CONFIG
-from .schema import CheckContext, Config
+from .schema import CheckContext, Config, recipe_key
 
 
 class ConfigError(ValueError):
@@ -134,7 +134,7 @@ def _coerce(value: Any, tp, key: str, source: str):
 
 def _build(cls, data: dict, origin: dict, recipe: str, prefix: str = ""):
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {recipe_key(f) for f in dataclasses.fields(cls)}
     for key in data:
         if key not in names:
             dotted = f"{prefix}{key}"
@@ -143,9 +143,10 @@ def _build(cls, data: dict, origin: dict, recipe: str, prefix: str = ""):
                               f"{', '.join(sorted(names))})")
     kwargs = {}
     for f in dataclasses.fields(cls):
-        if f.name not in data:
+        key = recipe_key(f)
+        if key not in data:
             continue
-        dotted, value, tp = f"{prefix}{f.name}", data[f.name], hints[f.name]
+        dotted, value, tp = f"{prefix}{key}", data[key], hints[f.name]
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
                 raise ConfigError(f"{origin.get(dotted, recipe)}: {dotted}: expected a section (mapping), got {value!r}")
@@ -190,8 +191,13 @@ def validate(cfg: Config, world_size: int | None = None, check_files: bool = Tru
         section.check(fail, ctx)
 
 
-def config_to_dict(cfg: Config) -> dict:
-    return dataclasses.asdict(cfg)
+def config_to_dict(cfg) -> dict:
+    """The config as recipe keys (a field's `key` where it has one)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        out[recipe_key(f)] = config_to_dict(value) if dataclasses.is_dataclass(value) else value
+    return out
 
 
 def dump_config(cfg: Config) -> str:

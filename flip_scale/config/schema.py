@@ -21,11 +21,18 @@ class CheckContext:
     check_files: bool = True
 
 
-def doc(default, text: str):
-    """A dataclass field with a one-line docstring attached."""
+def doc(default, text: str, key: str | None = None):
+    """A dataclass field with a one-line docstring attached. `key`: the recipe's name for it when
+    that cannot be a Python name (INTERFACE.md's `checkpoint.async`: `async` is a keyword)."""
+    meta = {"doc": text, **({"key": key} if key else {})}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"doc": text})
-    return field(default=default, metadata={"doc": text})
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def recipe_key(f) -> str:
+    """A field's name in recipes, overrides and config.yaml."""
+    return f.metadata.get("key", f.name)
 
 
 @dataclass
@@ -198,7 +205,7 @@ class CheckpointConfig:
                                     "paper recipes: 30); checked on log steps")
     keep: int = doc(3, "how many recent checkpoints to keep")
     async_save: bool = doc(True, "write checkpoints in the background (FSDP/DCP; training waits only for the "
-                                 "copy to host memory); other backends save synchronously")
+                                 "copy to host memory); other backends save synchronously", key="async")
 
     def check(self, fail, ctx: "CheckContext") -> None:
         if self.every_steps < 0:

@@ -77,7 +77,7 @@ def checkpoint_cost(backend: str, zero_stage: int | None, precision: str, params
     # The trainer's own: one train_state_rank*.pt per rank (data position, RNG) + meta.json.
     files = backend_files + world + 1
     write_s = size / fs_bytes_per_s
-    # checkpoint.async_save (FSDP/DCP): each rank copies its shard to host memory, then writes
+    # checkpoint.async (FSDP/DCP): each rank copies its shard to host memory, then writes
     # it in the background while training goes on.
     asynchronous = async_save and backend == "fsdp"
     blocked_s = size / world / HOST_COPY_BYTES_PER_S if asynchronous else write_s
