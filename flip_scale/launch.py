@@ -2,7 +2,7 @@
 
     flip-scale launch RECIPE [key=value ...] --template slurm/X.sh [--out DIR] [--tune TUNE_RECIPE]
                       [--dry-run] [--sbatch-arg=ARG ...] [--max-restarts N] [--keep-failed-nodes]
-    flip-scale launch --study DIR_OR_LIST [key=value ...] --template slurm/X.sh --out-root ROOT
+    flip-scale launch --study DIR_OR_LIST [key=value ...] --template slurm/X.sh --out-root ROOT [--tune-dir DIR]
 
 A launch makes the run directory self-contained, the way lingua's stool does: RUN/config.yaml is
 the resolved recipe the job trains (overrides applied; nothing in the job re-reads the recipe
@@ -166,25 +166,48 @@ def study_rows(spec: str) -> list[Path]:
     return rows
 
 
+def _row_state(row: str, run_dir: Path) -> tuple[str, int | None]:
+    """('finished' | 'queued' | '', the queued job's id)."""
+    if (run_dir / "summary.json").is_file():
+        print(f"skip {row}: finished")
+        return "finished", None
+    prev = last_job_id(run_dir)
+    state = job_in_queue(prev) if prev is not None else ""
+    if state:
+        print(f"skip {row}: job {prev} is {state}")
+        return "queued", prev
+    return "", None
+
+
 def launch_study(spec: str, overrides: list[str], template: Path, out_root: Path, sbatch_args: list[str],
-                 dry_run: bool, failure_env: dict | None = None) -> dict:
-    """Submit every unfinished row; returns {row: job id | 'finished' | 'queued' | None (dry run)}."""
+                 dry_run: bool, failure_env: dict | None = None, tune_dir: Path | None = None) -> dict:
+    """Submit every unfinished row; returns {row: job id | 'finished' | 'queued' | None (dry run)}.
+
+    tune_dir: a folder of tuning recipes named like the rows (recipes/studies/tuning): each row's
+    tuning stage is submitted too, as OUT_ROOT/ROW_tune, after the row (--dependency=afterok on
+    its job, queued or new) and starting from its weights (train.init_from = the row's directory),
+    like --tune for a single run. The paper's Table 8 numbers are measured after that tuning."""
     result = {}
     for recipe in study_rows(spec):
         row = recipe.stem
         run_dir = (out_root / row).resolve()
-        if (run_dir / "summary.json").is_file():
-            print(f"skip {row}: finished")
-            result[row] = "finished"
+        state, job = _row_state(row, run_dir)
+        if not state:
+            job, _ = submit(str(recipe), overrides, template, run_dir, sbatch_args, dry_run,
+                            job_name=f"flip-{row}", failure_env=failure_env)
+        result[row] = state or job
+        tune = tune_dir / recipe.name if tune_dir is not None else None
+        if tune is None or not tune.is_file():
             continue
-        prev = last_job_id(run_dir)
-        state = job_in_queue(prev) if prev is not None else ""
-        if state:
-            print(f"skip {row}: job {prev} is {state}")
-            result[row] = "queued"
+        tune_dir_run = (out_root / f"{row}_tune").resolve()
+        tune_state, _ = _row_state(f"{row}_tune", tune_dir_run)
+        if tune_state:
+            result[f"{row}_tune"] = tune_state
             continue
-        result[row], _ = submit(str(recipe), overrides, template, run_dir, sbatch_args, dry_run,
-                                job_name=f"flip-{row}", failure_env=failure_env)
+        dep = None if state == "finished" else (f"afterok:{job}" if job is not None else "afterok:<JOBID>")
+        result[f"{row}_tune"], _ = submit(str(tune), [f"train.init_from={run_dir}"], template, tune_dir_run,
+                                          sbatch_args, dry_run, dependency=dep, job_name=f"flip-{row}_tune",
+                                          failure_env=failure_env)
     return result
 
 
@@ -204,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "over: a pre-training change such as model.mask_ratio must not leak into tuning)")
     p.add_argument("--study", metavar="DIR_OR_LIST", help="a directory of row recipes or a comma-separated list")
     p.add_argument("--out-root", help="with --study: run directories are OUT_ROOT/ROW")
+    p.add_argument("--tune-dir", help="with --study: tuning recipes named like the rows (e.g. recipes/studies/tuning); "
+                                      "each row's tuning runs after it as OUT_ROOT/ROW_tune")
     p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
                    help="extra sbatch option, repeatable (e.g. --sbatch-arg=--nodes=8 --sbatch-arg=--account=X)")
     p.add_argument("--max-restarts", type=int, metavar="N",
@@ -239,9 +264,11 @@ def main_launch(argv: list[str]) -> int:
             if not args.out_root:
                 raise LaunchError("--study needs --out-root (run directories are OUT_ROOT/ROW)")
             if args.tune or args.out:
-                raise LaunchError("--tune and --out apply to a single run, not to --study")
+                raise LaunchError("--tune and --out apply to a single run, not to --study (use --tune-dir)")
+            if args.tune_dir and not Path(args.tune_dir).is_dir():
+                raise LaunchError(f"--tune-dir {args.tune_dir} is not a directory")
             launch_study(args.study, args.overrides, template, Path(args.out_root), args.sbatch_arg, args.dry_run,
-                         failure_env)
+                         failure_env, tune_dir=Path(args.tune_dir) if args.tune_dir else None)
             return 0
         if not args.recipe:
             raise LaunchError("give a RECIPE or --study DIR_OR_LIST")

@@ -66,3 +66,23 @@ def test_failure_handling_options_become_the_jobs_environment(tmp_path, capsys):
     rc = main_launch([str(ROOT / "recipes/test/tiny.yaml"), "--template", TEMPLATE, "--max-restarts", "-1",
                       "--dry-run"])
     assert rc == 2 and capsys.readouterr().err.strip() == "flip-scale launch: error: --max-restarts must be >= 0, got -1"
+
+
+def test_study_chains_each_rows_tuning_stage(tmp_path, capsys):
+    """--tune-dir: every paper study row gets its unmasked-tuning stage (recipes/studies/tuning,
+    same file names) after it, from its weights; a finished row's tuning starts at once."""
+    (tmp_path / "l16_laion400m_12.8b").mkdir()
+    (tmp_path / "l16_laion400m_12.8b" / "summary.json").write_text("{}")
+    rc = main_launch(["--study", str(ROOT / "recipes/studies"), "--tune-dir", str(ROOT / "recipes/studies/tuning"),
+                      "--template", TEMPLATE, "--out-root", str(tmp_path), "--dry-run"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    rows = [p.stem for p in study_rows(str(ROOT / "recipes/studies"))]
+    assert len(rows) == 6
+    for row in rows:
+        tune = [line for line in out.splitlines() if f"FLIP_OUT={tmp_path}/{row}_tune " in line]
+        assert len(tune) == 1, (row, out)
+        finished = row == "l16_laion400m_12.8b"
+        assert ("--dependency=afterok:<JOBID>" in tune[0]) != finished, tune[0]
+        assert f"--job-name=flip-{row}_tune" in tune[0]
+    assert "skip l16_laion400m_12.8b: finished" in out
