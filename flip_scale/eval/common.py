@@ -20,6 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 
+from ..distributed.collectives import any_rank
 from ..data.eval_datasets import IMAGE_FILE_EXTS, EvalDataset, _imagefolder_classes, open_eval_dataset
 from ..data.loader import IMAGE_EXTS
 from ..data.shards import iter_tar_samples
@@ -142,9 +143,7 @@ def lockstep(batches: Iterator, world_size: int, device: torch.device) -> Iterat
 
 
 def _any_left(mine: bool, device: torch.device) -> bool:
-    flag = torch.tensor([1.0 if mine else 0.0], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item() > 0)
+    return any_rank(torch.tensor([1.0 if mine else 0.0], device=device))[0]
 
 
 def gather_rows(x: torch.Tensor, world_size: int) -> torch.Tensor:
