@@ -100,6 +100,8 @@ class DataConfig:
     loader_timeout_s: float = doc(600.0, "seconds a rank waits for one batch from its loader workers before failing "
                                          "(0 = forever; only with workers > 0)")
     synthetic_samples: Optional[int] = doc(None, "synthetic data: distinct samples before repeating (null = endless)")
+    decode: str = doc("cpu", "cpu = loader workers decode and augment JPEGs; device = workers only parse headers and "
+                             "draw crops, the training device decodes (nvJPEG on CUDA) and crops/resizes/flips")
 
     def check(self, fail, ctx: "CheckContext") -> None:
         from ..models.sizes import SIZES
@@ -117,6 +119,12 @@ class DataConfig:
             fail("data.tokenizer", f"file {self.tokenizer} not found (a tokenizers JSON, a vocab.txt, or `builtin`)")
         if self.loader_timeout_s < 0:
             fail("data.loader_timeout_s", f"must be >= 0 (0 = wait forever), got {self.loader_timeout_s}")
+        if self.decode not in ("cpu", "device"):
+            fail("data.decode", f"must be cpu or device, got {self.decode!r}")
+        if self.decode == "device" and self.train_shards == "synthetic":
+            # The synthetic source renders pixels; there are no JPEG bytes to hand the device.
+            fail("data.decode", "device needs JPEG shards (data.train_shards); the synthetic source renders "
+                                "pixels: use data.decode=cpu")
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 Two sources, one interface (`build_train_loader` -> TrainLoader yielding
 {"images" [B,3,H,W] uint8, "tokens" [B,L] int64, "index" [B] int64}; the model normalises
-the uint8 pixels on its device, transforms.float_images):
+the uint8 pixels on its device, transforms.float_images). With data.decode=device (shards only)
+the batches carry JPEG bytes + crop boxes + flips instead of "images", and the training step
+decodes them on its device (device_decode.py; `batch_images` takes either kind of batch):
 
 synthetic  Step s's global batch is samples s*G .. s*G+G-1 (G = global batch), rank r takes
            the contiguous slice r*B .. r*B+B-1. Each sample is rendered and augmented from
@@ -40,6 +42,7 @@ import torch.distributed as dist
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
+from .device_decode import collate_encoded, encode_for_device
 from .shards import expand_shards, iter_tar_samples
 from .synthetic import mirror_caption, render_sample
 from .tokenizer import TextTokenizer, load_tokenizer
@@ -182,12 +185,13 @@ def _shuffle(items: Iterator, bufsize: int, rng: np.random.Generator) -> Iterato
 
 
 def decode_sample(sample: dict, counters: Counter, tokenizer: TextTokenizer | None = None,
-                  transform: TrainTransform | None = None, draws: Draws | None = None
-                  ) -> tuple[Any, list[int] | None] | None:
+                  transform: TrainTransform | None = None, draws: Draws | None = None,
+                  decode: str = "cpu") -> tuple[Any, list[int] | None] | None:
     """(image, caption ids) of a raw webdataset sample, or None (counted) when unusable.
 
     The image is the decoded RGB PIL image, or with `transform` the augmented uint8 [3,S,S]
-    tensor (drawn from `draws`), decoded from the bytes only as far as the crop needs.
+    tensor (drawn from `draws`), decoded from the bytes only as far as the crop needs; with
+    decode="device" as well, a JPEG is not decoded: device_decode.Encoded (bytes, box, flip).
     With a tokenizer the caption is tokenised here, once (ids are None without one), and a
     caption that yields no token (only zero-width or control characters) counts as empty too.
     The caption is checked first: a sample without one costs no image decode."""
@@ -201,6 +205,8 @@ def decode_sample(sample: dict, counters: Counter, tokenizer: TextTokenizer | No
         counters["empty_caption"] += 1
         return None
     try:
+        if transform is not None and decode == "device":
+            return encode_for_device(sample[ext], draws, transform), ids
         if transform is not None:
             return transform(sample[ext], draws), ids
         img = Image.open(io.BytesIO(sample[ext]))
@@ -218,7 +224,7 @@ class _ShardStreams(IterableDataset):
                  local_batch: int, seed: int, rank: int, world_size: int, num_streams: int,
                  resampled: bool, epochs: int | None, shuffle_buffer: int, shards_per_chunk: int,
                  retries: int, retry_delay_s: float, timeout_s: float, drop_last: bool,
-                 positions: dict[int, tuple[int, int, int]], rotation: int):
+                 positions: dict[int, tuple[int, int, int]], rotation: int, decode: str = "cpu"):
         self.shards = shards
         self.tokenizer = tokenizer
         self.image_size = image_size
@@ -230,6 +236,7 @@ class _ShardStreams(IterableDataset):
         self.retries, self.retry_delay_s, self.timeout_s = retries, retry_delay_s, timeout_s
         self.drop_last = drop_last
         self.positions, self.rotation = positions, rotation
+        self.decode = decode
 
     def chunks(self, stream: int, epoch0: int, chunk0: int) -> Iterator[tuple[int, int, list[str]]]:
         """(epoch, chunk, shard urls) of one stream, starting at (epoch0, chunk0)."""
@@ -285,7 +292,8 @@ class _ShardStreams(IterableDataset):
                     continue
                 pos = (epoch, chunk, offset + 1)
                 draws = sample_draws(self.seed, self.rank, stream, epoch, chunk, offset)
-                decoded = decode_sample(sample, decode_counts, self.tokenizer, transform, draws)
+                decoded = decode_sample(sample, decode_counts, self.tokenizer, transform, draws,
+                                        self.decode)
                 if decoded is None:
                     continue
                 produced = True
@@ -311,7 +319,9 @@ class _ShardStreams(IterableDataset):
 
     def _emit(self, batch, stream, pos, counts: Counter, replayed) -> dict:
         # captions were tokenised as they were decoded
-        return {**collate_samples(batch), "_stream": stream, "_pos": pos,
+        images = (collate_encoded(batch, self.image_size) if self.decode == "device"
+                  else collate_samples(batch))
+        return {**images, "_stream": stream, "_pos": pos,
                 "_counters": dict(counts), "_replayed": replayed}
 
 
@@ -341,8 +351,17 @@ class TrainLoader:
             str(_cfg(data_cfg, "tokenizer")), text_length, bool(_cfg(data_cfg, "text_cls_token")))
         spec = str(_cfg(data_cfg, "train_shards"))
         self.synthetic = spec == "synthetic"
+        self.decode = str(_cfg(data_cfg, "decode"))
+        if self.decode not in ("cpu", "device"):
+            raise ValueError(f"data.decode: must be cpu or device, got {self.decode!r}")
+        if self.decode == "device" and self.synthetic:
+            raise ValueError("data.decode: device needs JPEG shards (data.train_shards); the synthetic "
+                             "source renders pixels: use data.decode=cpu")
         self._counter_base: Counter = Counter()
         self._stream_counts: dict[int, dict] = {}
+        # decode=device: images the step could not decode (device_decode), counted in this
+        # process as batches are decoded; the batches carry this Counter to the step.
+        self._device_counts: Counter = Counter()
         if self.synthetic:
             n = _cfg(data_cfg, "synthetic_samples")
             self.synthetic_samples = int(n) if n else None
@@ -413,7 +432,8 @@ class TrainLoader:
                            world_size=self.world_size, num_streams=self.num_streams,
                            resampled=self.resampled, epochs=self.epochs,
                            positions=dict(self.positions),
-                           rotation=self.batches % self.num_streams, **self.stream_kw)
+                           rotation=self.batches % self.num_streams, decode=self.decode,
+                           **self.stream_kw)
         dl = DataLoader(ds, batch_size=None, collate_fn=_identity, **self._loader_kw())
         for item in dl:
             stream = item.pop("_stream")
@@ -423,15 +443,20 @@ class TrainLoader:
             if item.pop("_end", False):
                 continue
             self.batches += 1
+            if self.decode == "device":
+                item["decode_counters"] = self._device_counts
             yield item
 
     # -- position and counters
     def counters(self) -> dict[str, int]:
         """Cumulative skipped/failed counts: corrupt_member, bad_image, empty_caption, ..."""
         total = Counter({k: 0 for k in COUNTER_NAMES})
+        if self.decode == "device":
+            total["device_decode_failed"] = 0
         total.update(self._counter_base)
         for c in self._stream_counts.values():
             total.update(c)
+        total.update(self._device_counts)
         return {k: int(v) for k, v in total.items()}
 
     def state_dict(self) -> dict:
@@ -451,6 +476,7 @@ class TrainLoader:
             raise ValueError(f"loader state is for {sd.get('kind')!r} data, this run uses {kind}")
         self._counter_base = Counter(sd.get("counters", {}))
         self._stream_counts = {}
+        self._device_counts = Counter()
         if self.synthetic:
             self.next_sample = int(sd["next_sample"])
             return

@@ -14,6 +14,7 @@ import os
 
 import torch
 
+from ..data.device_decode import batch_images
 from ..distributed.collectives import world_size
 from ..loss import TextGatherOverlap, clip_loss, total_loss
 from ..models.masking import IMAGE_STREAM, TEXT_STREAM, DataPositionNoise
@@ -80,7 +81,7 @@ class TrainStep:
         return loss * float("nan") if step + 1 in self.nan_steps else loss
 
     def __call__(self, batch: dict, step: int, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
-        images = batch["images"].to(self.device, non_blocking=True)
+        images = batch_images(batch, self.device)  # data.decode=device decodes here
         tokens = batch["tokens"].to(self.device, non_blocking=True)
         if self.micro is None:
             with self.overlap.armed() if self.overlap is not None else contextlib.nullcontext():
