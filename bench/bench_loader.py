@@ -16,6 +16,13 @@ prints both rates and their ratio.
     python bench/bench_loader.py --workers 2 --batches 20 --compare-open-clip
     python bench/bench_loader.py --shards 'DIR/{00000..00009}.tar' --workers 2 --batches 20 --json
     python bench/bench_loader.py --workers 2 --batches 10 --resume   # bytes replayed per stream
+    python bench/bench_loader.py --workers 2 --batches 20 --decode device [--device cuda]
+
+--decode device (data.decode=device): workers only parse JPEG headers and draw crops; reported
+side by side with decode=cpu in the same invocation (alternating rounds): worker images/s for
+both, the worker profile of each, and, measured separately in the main process on --device,
+the device-side decode rate (decode_batch_on_device: batched decode_jpeg, nvJPEG on CUDA, crop,
+resize, flip) and its pixel parity with the decode=cpu batches (mean/max abs uint8 difference).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import io
+import itertools
 import json
 import os
 import platform
@@ -45,6 +53,8 @@ from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
 
 from flip_scale.config import DataConfig  # noqa: E402
 from flip_scale.data import transforms as T  # noqa: E402
+from flip_scale.data.device_decode import (collate_encoded, decode_batch_on_device,  # noqa: E402
+                                           encode_for_device)
 from flip_scale.data.loader import build_train_loader, sample_index  # noqa: E402
 from flip_scale.data.shards import expand_shards, iter_tar_samples  # noqa: E402
 from flip_scale.data.tokenizer import load_tokenizer  # noqa: E402
@@ -59,10 +69,29 @@ WORDS = ("a photo of the dog cat car street house tree sky red blue green old ne
          "portrait close-up background white black yellow", )[0].split()
 
 
-def source_photos() -> list[np.ndarray]:
-    import skimage.data as skd  # noqa: PLC0415 - only needed to build shards
+def _procedural_photos(rng: np.random.Generator) -> list[np.ndarray]:
+    """Stand-ins when scikit-image is missing (e.g. a bare GPU host): multi-octave noise fields
+    (texture at every scale, as photographs have), so JPEG sizes and decode costs stay similar."""
+    out = []
+    for _ in range(12):
+        img = np.zeros((512, 768, 3), np.float32)
+        for octave in range(1, 8):
+            small = rng.normal(0, 1, (2 ** octave, 3 * 2 ** (octave - 1), 3)).astype(np.float32)
+            up = np.asarray(Image.fromarray(((small - small.min()) / np.ptp(small) * 255).astype(np.uint8))
+                            .resize((768, 512), Image.BICUBIC), np.float32) - 128
+            img += up * (0.75 ** octave)
+        out.append(np.clip(img * 0.8 + 128, 0, 255).astype(np.uint8))
+    return out
 
+
+def source_photos() -> list[np.ndarray]:
     rng = np.random.default_rng(1)
+    try:
+        import skimage.data as skd  # noqa: PLC0415 - only needed to build shards
+    except ImportError:
+        print("scikit-image is not installed: shards built from procedural textures, not photographs",
+              file=sys.stderr)
+        return _procedural_photos(rng)
     out = [np.ascontiguousarray(getattr(skd, n)()[..., :3]) for n in COLOUR_PHOTOS]
     for n in GREY_PHOTOS:
         g = getattr(skd, n)().astype(np.float32)
@@ -126,9 +155,9 @@ def _timed(it, batch: int, batches: int, warmup: int, waits: list | None = None)
 
 
 def measure_flip(shards: str, workers: int, image_size: int, batch: int, batches: int,
-                 waits: list | None = None) -> float:
+                 waits: list | None = None, decode: str = "cpu") -> float:
     cfg = DataConfig(train_shards=shards, tokenizer="builtin", image_size=image_size, workers=workers,
-                     resampled=True, shuffle_buffer=1000)
+                     resampled=True, shuffle_buffer=1000, decode=decode)
     loader = build_train_loader(cfg, text_length=32, global_batch_size=batch, seed=0, rank=0,
                                 world_size=1)
     it = iter(loader)
@@ -300,6 +329,93 @@ def profile_worker(shards: str, image_size: int, batch: int, samples: int) -> di
     return ms
 
 
+def profile_worker_device(shards: str, image_size: int, batch: int, samples: int) -> dict[str, float]:
+    """One decode=device worker's stages (ms per image): read, parse (JPEG header + crop box +
+    flip draw; a non-JPEG decodes here), tokenise, collate (flat bytes + boxes), transfer."""
+    torch.set_num_threads(1)
+    tok = load_tokenizer("builtin", 32)
+    transform = T.train_transform(image_size)
+    t = dict.fromkeys(("read", "parse", "tokenise", "collate", "transfer"), 0.0)
+    urls = expand_shards(shards)
+    items, n, last = [], 0, None
+    clock = time.perf_counter
+    counters: Counter = Counter()
+    samples_it = (s for u in urls * (1 + samples // 100) for s in iter_tar_samples(u, counters))
+    while n < samples:
+        t0 = clock()
+        sample = next(samples_it)
+        t1 = clock()
+        ids = tok.encode_caption(sample["txt"].decode("utf-8", errors="replace").strip())
+        t2 = clock()
+        enc = encode_for_device(sample["jpg"], T.sample_draws(0, n), transform)
+        t3 = clock()
+        items.append((enc, ids, sample_index(sample["__key__"])))
+        for k, a, b in (("read", t0, t1), ("tokenise", t1, t2), ("parse", t2, t3)):
+            t[k] += b - a
+        n += 1
+        if len(items) == batch:
+            t0 = clock()
+            last = collate_encoded(items, image_size)
+            t["collate"] += clock() - t0
+            items = []
+    n_batches = samples // batch
+    t["transfer"] = transfer_ms(last) / 1e3 * n_batches
+    ms = {k: round(v / (n_batches * batch if k in ("collate", "transfer") else n) * 1e3, 3)
+          for k, v in t.items()}
+    ms["total"] = round(sum(ms.values()), 3)
+    return ms
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_device_side(shards: str, image_size: int, batch: int, batches: int, device: str,
+                        repeats: int = 3) -> dict:
+    """The step's side of decode=device, in this (main) process on `device`: images/s of
+    decode_batch_on_device over `batches` real loader batches (best of `repeats` passes, one
+    warm-up batch first), and the pixel difference from the decode=cpu batches of the same
+    samples (same seed: same order, boxes and flips)."""
+    dev = torch.device(device)
+    kw = dict(train_shards=shards, tokenizer="builtin", image_size=image_size, workers=0,
+              resampled=True, shuffle_buffer=1000)
+    lkw = dict(text_length=32, global_batch_size=batch, seed=0, rank=0, world_size=1)
+    enc = list(itertools.islice(build_train_loader(DataConfig(**kw, decode="device"), **lkw), batches))
+    pix = list(itertools.islice(build_train_loader(DataConfig(**kw), **lkw), batches))
+    if dev.type == "cuda":  # pinned host bytes, as data.pin_memory=true gives a GPU run
+        enc = [{k: (v.pin_memory() if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
+               for b in enc]
+    decode_batch_on_device(enc[0], dev)  # warm-up (nvJPEG handles, kernels)
+    _sync(dev)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = [decode_batch_on_device(b, dev) for b in enc]
+        _sync(dev)
+        best = min(best, time.perf_counter() - t0)
+    diffs, jpeg_bytes, drafted = [], 0, []
+    for e, p, o in zip(enc, pix, out):
+        assert torch.equal(e["index"], p["index"]), "decode=device changed the sample order"
+        diffs.append((o.cpu().int() - p["images"].int()).abs())
+        jpeg_bytes += int(e["jpeg"].numel())
+        w, h = e["crop_boxes"][:, 2], e["crop_boxes"][:, 3]
+        # crops the CPU path decodes at reduced DCT scale (transforms.decode_for_crop)
+        drafted.append((w >= 2 * image_size) & (h >= 2 * image_size))
+    d = torch.cat(diffs).float()
+    drafted = torch.cat(drafted)
+    full = d[~drafted]
+    n = batches * batch
+    return {"device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
+            "images_per_s": round(n / best, 1), "ms_per_batch": round(best / batches * 1e3, 2),
+            "batch": batch, "jpeg_kb_per_image": round(jpeg_bytes / n / 1e3, 1),
+            "parity_vs_cpu": {"mean_abs": round(float(d.mean()), 3),
+                              "p99_abs": float(np.percentile(d.numpy(), 99)),
+                              "max_abs": int(d.max()),
+                              "max_abs_full_decode_crops": int(full.max()) if len(full) else None,
+                              "cpu_reduced_dct_fraction": round(float(drafted.float().mean()), 3)}}
+
+
 # ------------------------------------------------------------------------------ reporting
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
@@ -314,7 +430,36 @@ def machine() -> str:
             f"torch {torch.__version__}, Pillow {Image.__version__}, load average {load:.1f} at start")
 
 
+def run_decode_device(args, shards: str) -> dict:
+    """--decode device: decode=device and decode=cpu loaders alternating in one invocation,
+    then the device side in the main process."""
+    res: dict = {"workers": args.workers, "image_size": args.image_size, "decode": "device"}
+    if not args.no_profile:
+        res["per_stage_ms"] = profile_worker_device(shards, args.image_size, args.batch,
+                                                    args.profile_samples)
+        res["cpu_decode_per_stage_ms"] = profile_worker(shards, args.image_size, args.batch,
+                                                        args.profile_samples)
+    dev, cpu = [], []
+    for _ in range(args.rounds):
+        dev.append(measure_flip(shards, args.workers, args.image_size, args.batch, args.batches,
+                                decode="device"))
+        cpu.append(measure_flip(shards, args.workers, args.image_size, args.batch, args.batches))
+    per = max(1, args.workers)
+    res["images_per_s"] = round(max(dev), 1)
+    res["images_per_s_per_worker"] = round(max(dev) / per, 1)
+    res["rounds"] = [round(x, 1) for x in dev]
+    res["cpu_decode_images_per_s"] = round(max(cpu), 1)
+    res["cpu_decode_images_per_s_per_worker"] = round(max(cpu) / per, 1)
+    res["cpu_decode_rounds"] = [round(x, 1) for x in cpu]
+    res["worker_speedup_vs_cpu_decode"] = round(max(dev) / max(cpu), 2)
+    res["device_side"] = measure_device_side(shards, args.image_size, args.batch,
+                                             args.device_batches, args.device)
+    return res
+
+
 def run(args, shards: str) -> dict:
+    if args.decode == "device" and not args.resume:
+        return run_decode_device(args, shards)
     res: dict = {"workers": args.workers, "image_size": args.image_size}
     if not args.no_profile and not args.resume:
         res["per_stage_ms"] = profile_worker(shards, args.image_size, args.batch,
@@ -346,6 +491,26 @@ def run(args, shards: str) -> dict:
     return res
 
 
+def print_decode_device(res: dict, args) -> None:
+    w = args.workers
+    for key, name in (("per_stage_ms", "decode=device"), ("cpu_decode_per_stage_ms", "decode=cpu")):
+        if key in res:
+            print(f"one {name} worker, ms per image: "
+                  + ", ".join(f"{k} {v}" for k, v in res[key].items()))
+    print(f"decode=device workers: {res['images_per_s']} images/s with {w} worker(s), "
+          f"{res['images_per_s_per_worker']} per worker (rounds {res['rounds']})")
+    print(f"decode=cpu workers:    {res['cpu_decode_images_per_s']} images/s with {w} worker(s), "
+          f"{res['cpu_decode_images_per_s_per_worker']} per worker (rounds {res['cpu_decode_rounds']})")
+    print(f"worker speed-up decode=device / decode=cpu: {res['worker_speedup_vs_cpu_decode']}")
+    d = res["device_side"]
+    p = d["parity_vs_cpu"]
+    print(f"device side on {d['device']}: {d['images_per_s']} images/s "
+          f"({d['ms_per_batch']} ms per batch of {d['batch']}, {d['jpeg_kb_per_image']} kB JPEG per image)")
+    print(f"parity with decode=cpu: mean abs {p['mean_abs']}, p99 {p['p99_abs']}, max {p['max_abs']} "
+          f"uint8 levels ({p['cpu_reduced_dct_fraction']:.0%} of crops reduced-DCT decoded on the CPU path; "
+          f"max over the other crops {p['max_abs_full_decode_crops']})")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shards", help="existing shards (brace pattern/dir/glob); default: build "
@@ -362,6 +527,12 @@ def main() -> None:
                    help="also run open_clip's get_wds_dataset pipeline on the same shards")
     p.add_argument("--resume", action="store_true",
                    help="measure a resume after --batches batches: bytes replayed per stream")
+    p.add_argument("--decode", choices=("cpu", "device"), default="cpu",
+                   help="device: data.decode=device side by side with decode=cpu (see above)")
+    p.add_argument("--device", default="cpu", help="--decode device: where the step-side decode "
+                                                   "is timed (cpu, cuda)")
+    p.add_argument("--device-batches", type=int, default=4,
+                   help="--decode device: batches timed on --device (and compared with decode=cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON line only")
     args = p.parse_args()
     host = machine()
@@ -382,6 +553,9 @@ def main() -> None:
                   f"({r['replayed_samples'][k]} samples) of raw tar bytes; bound: one chunk, "
                   f"~{r['bound_bytes'] / 1e6:.0f} MB")
         print(f"first batch from every stream after the resume: {r['first_batches_s']} s")
+        return
+    if res.get("decode") == "device":
+        print_decode_device(res, args)
         return
     if "per_stage_ms" in res:
         print("one worker, ms per image: " + ", ".join(f"{k} {v}" for k, v in

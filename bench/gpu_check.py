@@ -1,5 +1,9 @@
 """GPU engine check for a lent H100/H200: tiny and vit_b16 on 1 GPU, fsdp (and deepspeed when it
 imports), bf16, compile off and on, mask 0.5; samples/s, MFU and max memory per run.
+First (it is the open measurement of issue 13 item 4): data.decode=device, images/s per GPU of
+the step-side decode (nvJPEG batched decode_jpeg + crop/resize/flip) at 224 px from 480 px
+photo-like JPEGs, and the loader workers' rate when they only parse headers
+(bench/bench_loader.py --decode device --device cuda).
 
 Each run is its own process (bench/engine_loop.py) with a timeout, in priority order, under a
 global deadline so the whole check stays inside its time box; a run that does not fit is
@@ -65,9 +69,48 @@ def run(label: str, overrides: list[str], steps: int, warmup: int, timeout_s: fl
     return {"label": label, "status": "ok", "wall_s": time.time() - t0, **json.loads(r.stdout.strip().splitlines()[-1])}
 
 
+DECODE_LABEL = "data.decode=device/nvjpeg"
+
+
+def run_decode(dry_run: bool, timeout_s: float) -> dict:
+    """bench_loader.py --decode device on the GPU: worker rates (device vs cpu decode) and the
+    device-side images/s with its parity to the CPU path."""
+    if dry_run:
+        args = ["--device", "cpu", "--samples", "64", "--batch", "16", "--batches", "2",
+                "--device-batches", "2", "--workers", "1"]
+    else:
+        args = ["--device", "cuda", "--samples", "1200", "--batch", "256", "--batches", "8",
+                "--device-batches", "4", "--workers", "8"]
+    cmd = [sys.executable, str(ROOT / "bench" / "bench_loader.py"), "--decode", "device", "--rounds", "1",
+           "--no-profile", "--json", *args]
+    t0 = time.time()
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"label": DECODE_LABEL, "status": "timeout", "wall_s": time.time() - t0}
+    if r.returncode != 0:
+        tail = r.stderr.strip().splitlines()[-3:] if r.stderr.strip() else [f"exit {r.returncode}"]
+        return {"label": DECODE_LABEL, "status": "failed", "error": " | ".join(tail), "wall_s": time.time() - t0}
+    return {"label": DECODE_LABEL, "status": "ok", "wall_s": time.time() - t0,
+            "decode": json.loads(r.stdout.strip().splitlines()[-1])}
+
+
+def decode_line(r: dict) -> str:
+    if r["status"] != "ok":
+        return f"{r['label']}: {r['status']} {r.get('error', '')}"
+    d = r["decode"]
+    side, p = d["device_side"], d["device_side"]["parity_vs_cpu"]
+    return (f"{r['label']}: device side {side['images_per_s']} images/s on {side['device']} "
+            f"({side['ms_per_batch']} ms per batch of {side['batch']}); workers {d['images_per_s']} images/s "
+            f"decode=device vs {d['cpu_decode_images_per_s']} decode=cpu with {d['workers']} workers; "
+            f"parity mean {p['mean_abs']} max {p['max_abs']} uint8 levels")
+
+
 def table(results: list[dict]) -> str:
     lines = ["| run | status | samples/s | MFU | max mem GB | step ms | warm-up s |", "|---|---|---|---|---|---|---|"]
     for r in results:
+        if "decode" in r or r["label"] == DECODE_LABEL:
+            continue  # its own line (decode_line)
         if r["status"] == "ok":
             mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
             mem = f"{r['max_memory_gb']:.1f}" if r.get("max_memory_gb") is not None else "-"
@@ -91,7 +134,8 @@ def main() -> None:
     with_ds = deepspeed_importable()
     if not with_ds:
         print("deepspeed does not import here: deepspeed runs skipped", file=sys.stderr)
-    results = []
+    results = [run_decode(args.dry_run, timeout_s=min(args.budget_s, 150))]
+    print(decode_line(results[0]), file=sys.stderr, flush=True)
     for label, overrides in plan(args.dry_run, with_ds):
         left = args.budget_s - (time.time() - start)
         # A compiled vit_b16 run needs ~1-2 min; don't start what cannot finish.
@@ -104,6 +148,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     doc = {"deepspeed": with_ds, "dry_run": args.dry_run, "total_s": time.time() - start, "runs": results}
     (out / "gpu_results.json").write_text(json.dumps(doc, indent=1))
+    print(decode_line(results[0]))
     print(table(results))
     print(f"total {doc['total_s']:.0f}s; results in {out / 'gpu_results.json'}")
 

@@ -5,6 +5,7 @@ skipped or counted, the config's one-line errors, and a short training run."""
 import io
 import json
 import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -195,3 +196,20 @@ def test_training_with_device_decode_on_shards(tmp_path):
     losses = [row["loss"] for row in rows if "loss" in row]
     assert len(losses) == 2 and all(np.isfinite(losses))
     assert rows[-1]["skipped/device_decode_failed"] == 0
+
+
+@pytest.mark.slow
+def test_bench_loader_decode_device_json(tmp_path):
+    """The bench bench/gpu_check.py runs on a lent GPU (there with --device cuda)."""
+    write_synthetic_shards(str(tmp_path), 96, 48, seed=0, image_size=80)
+    r = subprocess.run([sys.executable, "bench/bench_loader.py", "--shards", str(tmp_path), "--decode", "device",
+                        "--workers", "1", "--batch", "16", "--batches", "2", "--rounds", "1", "--image-size", "32",
+                        "--profile-samples", "32", "--device-batches", "2", "--json"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["images_per_s"] > 0 and res["cpu_decode_images_per_s"] > 0
+    assert set(res["per_stage_ms"]) >= {"read", "parse", "collate", "transfer", "total"}
+    side = res["device_side"]
+    assert side["device"] == "cpu" and side["images_per_s"] > 0
+    assert side["parity_vs_cpu"]["max_abs_full_decode_crops"] in (0, None)

@@ -92,7 +92,7 @@ def collate_encoded(items, image_size: int) -> dict[str, torch.Tensor]:
             boxes.append((0, 0, 0, 0))
             flips.append(False)
         offsets.append(offsets[-1] + (len(enc.data) if isinstance(enc, Encoded) else 0))
-    joined = bytearray(b"".join(chunks))
+    joined = bytearray().join(chunks)  # one copy (b"".join then bytearray() would be two)
     S = image_size
     _, ids, index = zip(*items)
     return {
