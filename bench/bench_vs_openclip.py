@@ -17,6 +17,10 @@ every trial) at each mask ratio, step by step, so load from other jobs hits both
 are the process's CPU time per step with one intra-op thread (on a shared machine wall time
 mostly measures the scheduler; wall times are printed beside them). The reported ratio is the
 median over trials of open_clip's step time / ours (> 1: ours is faster).
+The process runs with the trainer's CPU host-malloc setting (train.host_malloc auto: freed memory
+kept for the next step instead of trimmed and page-faulted in again; flip_scale/host_memory.py).
+It is process-wide, so open_clip's step gets it too; `--host-malloc default` measures both
+under glibc's own trimming instead.
 `--json` prints only one JSON line (per-mask rows and `speed_ratio` by mask);
 `--profile MASK` instead prints torch.profiler's top ops of one step of each; `--optimizers`
 instead times torch's AdamW implementations (loop, foreach, fused) on our parameters.
@@ -45,8 +49,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Ours vs open_clip (CPU)"
 
 
-def our_engine(image_size: int, batch: int, text_length: int) -> Engine:
-    return Engine(["model.name=vit_b16", f"data.image_size={image_size}", f"model.text_length={text_length}",
+def our_engine(image_size: int, batch: int, text_length: int, host_malloc: str = "auto") -> Engine:
+    return Engine([f"train.host_malloc={host_malloc}", "model.name=vit_b16", f"data.image_size={image_size}",
+                   f"model.text_length={text_length}",
                    f"train.global_batch_size={batch}", "parallel.backend=single", "parallel.precision=fp32",
                    "parallel.compile=false", "parallel.activation_checkpointing=false", "train.device=cpu",
                    "model.mask_ratio=0.0"])
@@ -113,8 +118,8 @@ def timed(step, n: int) -> tuple[float, float]:
 
 
 def run(masks: list[float], trials: int, steps: int, warmup: int, image_size: int, batch: int,
-        text_length: int, log=print) -> dict:
-    ours = our_engine(image_size, batch, text_length)
+        text_length: int, log=print, host_malloc: str = "auto") -> dict:
+    ours = our_engine(image_size, batch, text_length, host_malloc)
     theirs = OpenClipEngine(ours)
     params = {"ours": sum(p.numel() for p in ours.model.parameters()),
               "open_clip": sum(p.numel() for p in theirs.model.parameters())}
@@ -163,7 +168,8 @@ def run(masks: list[float], trials: int, steps: int, warmup: int, image_size: in
                      "wall_speed_ratio": statistics.median(wall_ratios)})
     return {"model": "vit_b16", "image_size": image_size, "batch": batch, "text_length": text_length,
             "precision": "fp32", "device": "cpu", "threads": torch.get_num_threads(), "trials": trials,
-            "steps_per_trial": steps, "timing": "process CPU time", "grad_clip": ours.cfg.train.grad_clip, "params": params, "rows": rows}
+            "steps_per_trial": steps, "timing": "process CPU time", "grad_clip": ours.cfg.train.grad_clip,
+            "host_malloc": host_malloc, "host_malloc_kept": ours.host_malloc_kept, "params": params, "rows": rows}
 
 
 def profile(mask: float, image_size: int, batch: int, text_length: int, rows: int = 30) -> str:
@@ -267,7 +273,11 @@ def main(argv=None) -> None:
     ap.add_argument("--masks", type=float, nargs="+", default=[0.0, 0.5, 0.75])
     ap.add_argument("--trials", type=int, default=5, help="alternating rounds; ratios are medians over them")
     ap.add_argument("--steps", type=int, default=1, help="timed steps per engine, mask and trial (interleaved)")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed steps per engine and mask before the trials")
+    ap.add_argument("--warmup", type=int, default=2,
+                    help="untimed steps per engine and mask before the trials (the heap settles in ~2)")
+    ap.add_argument("--host-malloc", choices=["auto", "default"], default="auto",
+                    help="train.host_malloc for the process (both engines share it): auto = the trainer's "
+                         "CPU setting (freed memory kept), default = glibc's own trimming")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: steadier on a shared machine)")
     ap.add_argument("--image-size", type=int, default=112)
     ap.add_argument("--batch", type=int, default=32)
@@ -285,7 +295,8 @@ def main(argv=None) -> None:
     if args.optimizers:
         print(optimizers(max(args.trials, 3), args.image_size, args.text_length, log))
         return
-    result = run(args.masks, args.trials, args.steps, args.warmup, args.image_size, args.batch, args.text_length, log)
+    result = run(args.masks, args.trials, args.steps, args.warmup, args.image_size, args.batch, args.text_length, log,
+                 args.host_malloc)
     body = table(result)
     if args.json:
         print(json.dumps({**result, "speed_ratio": {str(r["mask_ratio"]): round(r["speed_ratio"], 4)

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from flip_scale.config import load_recipe  # noqa: E402
 from flip_scale.distributed.backends import get_backend_class  # noqa: E402
+from flip_scale.host_memory import apply_host_malloc  # noqa: E402
 from flip_scale.distributed.env import DistEnv, cleanup, select_device  # noqa: E402
 from flip_scale.metrics import device_peak_flops  # noqa: E402
 from flip_scale.models import train_flops_per_sample  # noqa: E402
@@ -42,6 +43,9 @@ class Engine:
         cfg = self.cfg = load_recipe(TINY, overrides)
         self.denv = DistEnv()
         device = self.device = select_device(cfg.train.device, self.denv)
+        # The trainer's host-malloc set-up (train.host_malloc). Process-wide: in
+        # bench_vs_openclip.py open_clip's step, run in the same process, gets it too.
+        self.host_malloc_kept = apply_host_malloc(cfg.train.host_malloc, device)
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True

@@ -20,6 +20,7 @@ def test_cli_train_writes_the_run_directory_and_loss_falls(tmp_path):
                        capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "step 60/60" in r.stderr and "ETA" in r.stderr
+    assert "host malloc: freed memory kept for reuse" in r.stderr  # train.host_malloc auto, on the CPU
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [rec["step"] for rec in records] == list(range(10, 61, 10))
     for key in ("step", "samples_seen", "loss", "lr", "logit_scale", "samples_per_sec", "data_wait_frac",

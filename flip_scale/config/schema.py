@@ -150,6 +150,8 @@ class TrainConfig:
                                                 "null = the whole local batch in one pass")
     log_every_steps: int = doc(10, "steps between metric reductions/logs (and stop/interval agreement)")
     device: str = doc("auto", "auto | cpu | cuda")
+    host_malloc: str = doc("auto", "auto | keep | default: keep = glibc malloc keeps freed memory for the next step "
+                                   "(no trimming, no mmap) instead of page-faulting it in again; auto = keep on CPU devices")
     hang_timeout_s: float = doc(600.0, "a rank with no completed step for this long dumps all stacks to RUN/hangs/rank<N>.txt "
                                        "and exits 76 so the job requeues (0 = no watchdog)")
     hang_phase_timeout_s: float = doc(1800.0, "the same watchdog's budget for the first step, evaluation and "
@@ -181,6 +183,8 @@ class TrainConfig:
             fail("train.log_every_steps", f"must be >= 1, got {self.log_every_steps}")
         if self.device not in ("auto", "cpu", "cuda"):
             fail("train.device", f"must be auto, cpu or cuda, got {self.device!r}")
+        if self.host_malloc not in ("auto", "keep", "default"):
+            fail("train.host_malloc", f"must be auto, keep or default, got {self.host_malloc!r}")
         for key in ("hang_timeout_s", "hang_phase_timeout_s", "straggler_threshold"):
             if getattr(self, key) < 0:
                 fail(f"train.{key}", f"must be >= 0, got {getattr(self, key)}")

@@ -31,6 +31,7 @@ from ..distributed.backends import get_backend_class
 from ..distributed.env import DistEnv, cleanup, detect_env, init_distributed, select_device, set_collective_timeout
 from ..distributed.stragglers import StragglerMonitor
 from ..fileio import write_text_atomic
+from ..host_memory import apply_host_malloc
 from ..logs import close_rank_logging, setup_rank_logging
 from ..metrics import MetricsWriter, device_peak_flops, max_memory_gb, read_jsonl
 from ..models import train_flops_per_sample
@@ -70,6 +71,8 @@ class Trainer:
     def setup(self) -> None:
         cfg, denv = self.cfg, self.denv
         self.device = select_device(cfg.train.device, denv)
+        if apply_host_malloc(cfg.train.host_malloc, self.device):
+            self._say("host malloc: freed memory kept for reuse (train.host_malloc)")
         # From here on a rank that stops making progress (a hung mount, a stuck worker, a peer
         # that never arrives) dumps its stacks and exits HANG_EXIT_CODE for the job to requeue.
         self.watchdog = Watchdog(self.run_dir.root, denv.rank, cfg.train.hang_timeout_s,
