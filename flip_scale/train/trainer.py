@@ -9,7 +9,9 @@ Host syncs of a run (everything else stays queued on the device):
 - checkpoint saves: the copy of the state to host memory (asynchronous saves write afterwards);
 - DeepSpeed only: a non-finite-loss agreement per step before backward (its engine cannot skip
   an update on the device);
-- the data loader's hand-over of each batch (host memory; copied to the device non_blocking).
+- the data loader's hand-over of each batch (host memory; copied to the device non_blocking);
+- data.decode=device only: torchvision's decode_jpeg on CUDA may wait for its own decode before
+  returning (nvJPEG's host phase; the count on a GPU is open until a device is lent).
 """
 from __future__ import annotations
 
