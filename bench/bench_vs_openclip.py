@@ -273,8 +273,8 @@ def main(argv=None) -> None:
     ap.add_argument("--masks", type=float, nargs="+", default=[0.0, 0.5, 0.75])
     ap.add_argument("--trials", type=int, default=5, help="alternating rounds; ratios are medians over them")
     ap.add_argument("--steps", type=int, default=1, help="timed steps per engine, mask and trial (interleaved)")
-    ap.add_argument("--warmup", type=int, default=2,
-                    help="untimed steps per engine and mask before the trials (the heap settles in ~2)")
+    ap.add_argument("--warmup", type=int, default=4,
+                    help="untimed steps per engine and mask before the trials (a kept heap settles in 3-4)")
     ap.add_argument("--host-malloc", choices=["auto", "default"], default="auto",
                     help="train.host_malloc for the process (both engines share it): auto = the trainer's "
                          "CPU setting (freed memory kept), default = glibc's own trimming")
