@@ -133,13 +133,13 @@ def run(masks: list[float], trials: int, steps: int, warmup: int, image_size: in
     # time mostly measures how long the scheduler kept us waiting; with one intra-op thread the
     # process's CPU time is the step's own work (wall time is reported beside it).
     times = {m: {k: [] for k in ("ours", "open_clip", "ours_wall", "open_clip_wall")} for m in masks}
-    for m in masks:  # first allocations, per shape
+    # One mask ratio at a time, as a run trains at one: warm-up steps first (first allocations,
+    # and the kept heap reaching its high-water mark for these shapes), then the trials.
+    for m in masks:
         set_mask(m)
         timed(ours.step, warmup)
         timed(theirs.step, warmup)
-    for trial in range(trials):
-        for m in masks:
-            set_mask(m)
+        for trial in range(trials):
             # Step by step, A B A B..., the order flipped every trial: a burst of load from other
             # jobs lands on both engines alike.
             pair = [("ours", ours.step), ("open_clip", theirs.step)]
