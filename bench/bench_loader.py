@@ -281,6 +281,23 @@ def transfer_ms(batch: dict, n: int = 20) -> float:
     return max(0.0, (time.perf_counter() - t0) / n - clone) * 1e3
 
 
+def raw_samples(shards: str, samples: int):
+    """The shards' raw samples, cycled until `samples` have been read (profiles read in-process)."""
+    urls = expand_shards(shards)
+    counters: Counter = Counter()
+    return (s for u in urls * (1 + samples // 100) for s in iter_tar_samples(u, counters))
+
+
+def per_image_ms(t: dict[str, float], last_batch: dict, n: int, n_batches: int, batch: int) -> dict[str, float]:
+    """Stage seconds -> ms per image (collate and transfer per batch, spread over its images),
+    with the transfer of the last batch timed here for every batch, and the total."""
+    t = {**t, "transfer": transfer_ms(last_batch) / 1e3 * n_batches}
+    ms = {k: round(v / (n_batches * batch if k in ("collate", "transfer") else n) * 1e3, 3)
+          for k, v in t.items()}
+    ms["total"] = round(sum(ms.values()), 3)
+    return ms
+
+
 def profile_worker(shards: str, image_size: int, batch: int, samples: int) -> dict[str, float]:
     """One worker's stages, in-process, on the loader's own functions: ms per image."""
     torch.set_num_threads(1)  # as in a loader worker
@@ -288,11 +305,9 @@ def profile_worker(shards: str, image_size: int, batch: int, samples: int) -> di
     stages = ("read", "decode", "crop_resize", "flip", "convert", "tokenise", "collate",
               "transfer")
     t = dict.fromkeys(stages, 0.0)
-    urls = expand_shards(shards)
     items, n, last = [], 0, None
     clock = time.perf_counter
-    counters: Counter = Counter()
-    samples_it = (s for u in urls * (1 + samples // 100) for s in iter_tar_samples(u, counters))
+    samples_it = raw_samples(shards, samples)
     while n < samples:
         t0 = clock()
         sample = next(samples_it)
@@ -321,12 +336,7 @@ def profile_worker(shards: str, image_size: int, batch: int, samples: int) -> di
             last = T.collate_samples(items)
             t["collate"] += clock() - t0
             items = []
-    n_batches = samples // batch
-    t["transfer"] = transfer_ms(last) / 1e3 * n_batches
-    ms = {k: round(v / (n_batches * batch if k in ("collate", "transfer") else n) * 1e3, 3)
-          for k, v in t.items()}
-    ms["total"] = round(sum(ms.values()), 3)
-    return ms
+    return per_image_ms(t, last, n, samples // batch, batch)
 
 
 def profile_worker_device(shards: str, image_size: int, batch: int, samples: int) -> dict[str, float]:
@@ -336,11 +346,9 @@ def profile_worker_device(shards: str, image_size: int, batch: int, samples: int
     tok = load_tokenizer("builtin", 32)
     transform = T.train_transform(image_size)
     t = dict.fromkeys(("read", "parse", "tokenise", "collate", "transfer"), 0.0)
-    urls = expand_shards(shards)
     items, n, last = [], 0, None
     clock = time.perf_counter
-    counters: Counter = Counter()
-    samples_it = (s for u in urls * (1 + samples // 100) for s in iter_tar_samples(u, counters))
+    samples_it = raw_samples(shards, samples)
     while n < samples:
         t0 = clock()
         sample = next(samples_it)
@@ -358,12 +366,7 @@ def profile_worker_device(shards: str, image_size: int, batch: int, samples: int
             last = collate_encoded(items, image_size)
             t["collate"] += clock() - t0
             items = []
-    n_batches = samples // batch
-    t["transfer"] = transfer_ms(last) / 1e3 * n_batches
-    ms = {k: round(v / (n_batches * batch if k in ("collate", "transfer") else n) * 1e3, 3)
-          for k, v in t.items()}
-    ms["total"] = round(sum(ms.values()), 3)
-    return ms
+    return per_image_ms(t, last, n, samples // batch, batch)
 
 
 def _sync(device: torch.device) -> None:

@@ -55,9 +55,9 @@ def plan(dry_run: bool, with_deepspeed: bool) -> list[tuple[str, list[str]]]:
     return runs
 
 
-def run(label: str, overrides: list[str], steps: int, warmup: int, timeout_s: float) -> dict:
-    cmd = [sys.executable, str(ROOT / "bench" / "engine_loop.py"), "--steps", str(steps), "--warmup", str(warmup),
-           *overrides]
+def run_json(label: str, cmd: list[str], timeout_s: float, key: str | None = None) -> dict:
+    """Run a benchmark command that prints one JSON line; its fields (under `key` if given), or the
+    timeout / failure with the last lines of its stderr."""
     t0 = time.time()
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout_s)
@@ -66,7 +66,14 @@ def run(label: str, overrides: list[str], steps: int, warmup: int, timeout_s: fl
     if r.returncode != 0:
         tail = r.stderr.strip().splitlines()[-3:] if r.stderr.strip() else [f"exit {r.returncode}"]
         return {"label": label, "status": "failed", "error": " | ".join(tail), "wall_s": time.time() - t0}
-    return {"label": label, "status": "ok", "wall_s": time.time() - t0, **json.loads(r.stdout.strip().splitlines()[-1])}
+    fields = json.loads(r.stdout.strip().splitlines()[-1])
+    return {"label": label, "status": "ok", "wall_s": time.time() - t0, **({key: fields} if key else fields)}
+
+
+def run(label: str, overrides: list[str], steps: int, warmup: int, timeout_s: float) -> dict:
+    cmd = [sys.executable, str(ROOT / "bench" / "engine_loop.py"), "--steps", str(steps), "--warmup", str(warmup),
+           *overrides]
+    return run_json(label, cmd, timeout_s)
 
 
 DECODE_LABEL = "data.decode=device/nvjpeg"
@@ -83,16 +90,7 @@ def run_decode(dry_run: bool, timeout_s: float) -> dict:
                 "--device-batches", "4", "--workers", "8"]
     cmd = [sys.executable, str(ROOT / "bench" / "bench_loader.py"), "--decode", "device", "--rounds", "1",
            "--no-profile", "--json", *args]
-    t0 = time.time()
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return {"label": DECODE_LABEL, "status": "timeout", "wall_s": time.time() - t0}
-    if r.returncode != 0:
-        tail = r.stderr.strip().splitlines()[-3:] if r.stderr.strip() else [f"exit {r.returncode}"]
-        return {"label": DECODE_LABEL, "status": "failed", "error": " | ".join(tail), "wall_s": time.time() - t0}
-    return {"label": DECODE_LABEL, "status": "ok", "wall_s": time.time() - t0,
-            "decode": json.loads(r.stdout.strip().splitlines()[-1])}
+    return run_json(DECODE_LABEL, cmd, timeout_s, key="decode")
 
 
 def decode_line(r: dict) -> str:
