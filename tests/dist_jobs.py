@@ -48,6 +48,19 @@ def truncate_run(src, dst, step: int) -> None:
     shutil.rmtree(dst / "tb", ignore_errors=True)
 
 
+def save_probe(trainer, rank: int, job: dict) -> None:
+    """Embeddings from the still-sharded model (encode_* are FSDP forward methods) and the gathered
+    full state dict, saved to job["probe"]; both collective, so every rank runs them."""
+    model = trainer.backend.model
+    model.eval()
+    images, tokens = probe_inputs()
+    with torch.no_grad():
+        out = {"image": model.encode_image(images).cpu(), "text": model.encode_text(tokens).cpu(),
+               "state_dict": trainer.backend.full_state_dict()}
+    if rank == 0:
+        torch.save(out, job["probe"])
+
+
 def _worker(rank: int, world: int, jobs: list[dict]) -> None:
     from flip_scale.config import load_recipe
     from flip_scale.distributed.env import cleanup
@@ -64,23 +77,16 @@ def _worker(rank: int, world: int, jobs: list[dict]) -> None:
         try:
             trainer.setup()
             trainer.train()
-            if job.get("probe"):
-                # Embeddings from the still-sharded model (encode_* are FSDP forward methods) and
-                # the gathered full state dict; both collective, so every rank runs them.
-                model = trainer.backend.model
-                model.eval()
-                images, tokens = probe_inputs()
-                with torch.no_grad():
-                    out = {"image": model.encode_image(images).cpu(), "text": model.encode_text(tokens).cpu(),
-                           "state_dict": trainer.backend.full_state_dict()}
-                if rank == 0:
-                    torch.save(out, job["probe"])
+            after = job.get("after") or (save_probe if job.get("probe") else None)
+            if after is not None:  # a module-level function: spawn pickles it by name
+                after(trainer, rank, job)
         finally:
             cleanup()
 
 
 def run_jobs(jobs: list[dict], world: int = 2) -> None:
     """jobs: {"recipe": path, "overrides": [...], "probe": optional output .pt,
-    "truncate": optional (src, dst, step) done by rank 0 first}; ports are added."""
+    "truncate": optional (src, dst, step) done by rank 0 first, "after": optional
+    f(trainer, rank, job) every rank runs after training}; ports are added."""
     jobs = [{**job, "port": free_port()} for job in jobs]
     mp.start_processes(_worker, args=(world, jobs), nprocs=world, start_method="spawn")

@@ -13,7 +13,7 @@ from flip_scale.config import load_recipe
 from flip_scale.train.trainer import run_training
 
 from conftest import TINY, free_port
-from dist_jobs import losses, metrics, run_jobs, truncate_run
+from dist_jobs import losses, metrics, run_jobs
 
 
 
@@ -66,27 +66,12 @@ def _record_collectives(model, rank):
     return rec.calls
 
 
-def _worker(rank, world, jobs):
-    from flip_scale.distributed.env import cleanup
-    from flip_scale.train.trainer import Trainer
-
-    torch.set_num_threads(1)
-    for job in jobs:
-        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(job["port"]))
-        if rank == 0 and job.get("truncate"):
-            truncate_run(*job["truncate"])
-        trainer = Trainer(load_recipe(job["recipe"], job["overrides"]))
-        try:
-            trainer.setup()
-            trainer.train()
-            if job.get("record"):
-                calls = _record_collectives(trainer.backend.model, rank)
-                if rank == 0:
-                    with open(job["record"], "w") as f:
-                        json.dump(calls, f)
-        finally:
-            cleanup()
+def save_collective_record(trainer, rank: int, job: dict) -> None:
+    """dist_jobs' after-training hook: the collectives of one forward/loss/backward, to job["record"]."""
+    calls = _record_collectives(trainer.backend.model, rank)
+    if rank == 0:
+        with open(job["record"], "w") as f:
+            json.dump(calls, f)
 
 
 @pytest.fixture(scope="module")
@@ -98,16 +83,15 @@ def runs(tmp_path_factory):
              world=2)
     jobs = [
         {"recipe": TINY, "overrides": COMMON + HSDP + [f"train.out_dir={out['hsdp']}"],
-         "record": str(root / "hsdp.json")},
+         "record": str(root / "hsdp.json"), "after": save_collective_record},
         # Both towers keep their gathered parameters for backward; the 2 text blocks are one unit.
         {"recipe": TINY, "overrides": COMMON + HSDP + KNOBS + [f"train.out_dir={out['hsdp_knobs']}"],
-         "record": str(root / "hsdp_knobs.json")},
+         "record": str(root / "hsdp_knobs.json"), "after": save_collective_record},
         # The flat 2-process run as if killed after its step-6 checkpoint, relaunched as 2x2 HSDP.
         {"recipe": TINY, "overrides": COMMON + HSDP + [f"train.out_dir={out['resumed']}"],
          "truncate": (out["flat"], out["resumed"], 6)},
     ]
-    jobs = [{**job, "port": free_port()} for job in jobs]
-    mp.start_processes(_worker, args=(4, jobs), nprocs=4, start_method="spawn")
+    run_jobs(jobs, world=4)
     return out
 
 

@@ -34,16 +34,28 @@ def any_rank(flags: torch.Tensor) -> list[bool]:
 
 
 def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
-    """Elementwise sum over ranks, on the device (no host sync; the caller decides when to read)."""
-    values = values.detach().float().clone()
+    """Elementwise sum over ranks, on the device, in the tensor's own dtype (integer counts stay
+    exact); no host sync: the caller decides when to read."""
+    values = values.detach().clone()
     if is_distributed():
         dist.all_reduce(values)
     return values
 
 
-def mean_over_ranks(value: torch.Tensor) -> float:
-    """The mean over ranks of a scalar, read to the host (a sync: call on log steps only)."""
-    return float(sum_over_ranks(value.reshape(-1)[:1]) / world_size())
+def gather_ragged_rows(values: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows concatenated in rank order, where the row counts may differ (evaluation
+    shards): counts first, then one all-gather padded to the longest, cut after."""
+    if not is_distributed():
+        return values
+    n = torch.tensor([values.shape[0]], device=values.device)
+    counts = [torch.zeros_like(n) for _ in range(world_size())]
+    dist.all_gather(counts, n)
+    counts = [int(c.item()) for c in counts]
+    pad = values.new_zeros((max(counts), *values.shape[1:]))
+    pad[: values.shape[0]] = values
+    out = [torch.zeros_like(pad) for _ in range(world_size())]
+    dist.all_gather(out, pad)
+    return torch.cat([o[:c] for o, c in zip(out, counts)])
 
 
 def broadcast_object(obj, src: int = 0):

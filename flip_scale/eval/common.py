@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 
-from ..distributed.collectives import any_rank
+from ..distributed.collectives import any_rank, gather_ragged_rows, sum_over_ranks
 from ..data.eval_datasets import IMAGE_FILE_EXTS, EvalDataset, _imagefolder_classes, open_eval_dataset
 from ..data.loader import IMAGE_EXTS
 from ..data.shards import iter_tar_samples
@@ -148,24 +148,12 @@ def _any_left(mine: bool, device: torch.device) -> bool:
 
 def gather_rows(x: torch.Tensor, world_size: int) -> torch.Tensor:
     """Concatenate every rank's rows (row counts may differ), in rank order."""
-    if not distributed(world_size):
-        return x
-    n = torch.tensor([x.shape[0]], device=x.device)
-    counts = [torch.zeros_like(n) for _ in range(world_size)]
-    dist.all_gather(counts, n)
-    counts = [int(c.item()) for c in counts]
-    # all_gather needs equal shapes: pad to the longest, cut after.
-    pad = x.new_zeros((max(counts), *x.shape[1:]))
-    pad[: x.shape[0]] = x
-    out = [torch.zeros_like(pad) for _ in range(world_size)]
-    dist.all_gather(out, pad)
-    return torch.cat([o[:c] for o, c in zip(out, counts)])
+    return gather_ragged_rows(x) if distributed(world_size) else x
 
 
 def all_reduce_sum(x: torch.Tensor, world_size: int) -> torch.Tensor:
-    if distributed(world_size):
-        dist.all_reduce(x)
-    return x
+    """Elementwise sum over the ranks (counts stay integers)."""
+    return sum_over_ranks(x) if distributed(world_size) else x
 
 
 class Progress:
