@@ -73,8 +73,6 @@ class Trainer:
     def setup(self) -> None:
         cfg, denv = self.cfg, self.denv
         self.device = select_device(cfg.train.device, denv)
-        if apply_host_malloc(cfg.train.host_malloc, self.device):
-            self._say("host malloc: freed memory kept for reuse (train.host_malloc)")
         # From here on a rank that stops making progress (a hung mount, a stuck worker, a peer
         # that never arrives) dumps its stacks and exits HANG_EXIT_CODE for the job to requeue.
         self.watchdog = Watchdog(self.run_dir.root, denv.rank, cfg.train.hang_timeout_s,
@@ -97,6 +95,10 @@ class Trainer:
         except ValueError as e:
             msg = str(e)
             raise ValueError(msg if msg.startswith("data.") else f"data.train_shards: {msg}") from None
+        # After the data checks (a bad recipe's error stays the only line), before the model and
+        # optimizer allocate the memory it concerns.
+        if apply_host_malloc(cfg.train.host_malloc, self.device):
+            self._say("host malloc: freed memory kept for reuse (train.host_malloc)")
         model = build_model_from_config(cfg, self.tokenizer.vocab_size)
         num_patches = model.visual.num_patches
         self.backend = get_backend_class(cfg.parallel.backend)(cfg, denv, self.device)
