@@ -22,8 +22,9 @@ from .planning.compute import DEFAULT_MFU, plan_compute
 from .planning.hardware import GPUS, get_gpu
 from .planning.memory import param_counts, plan_memory, resolve_reshard
 from .planning.paper import format_story
-from .planning.runtime import (DEFAULT_FAILURES_PER_NODE_DAY, DEFAULT_RESTART_MIN, LOADER_IMAGES_PER_CORE,
-                               checkpoint_cost, cores_per_gpu, loader_samples_per_s, plan_runtime)
+from .planning.runtime import (DEFAULT_FAILURES_PER_NODE_DAY, DEFAULT_RESTART_MIN, DEVICE_DECODE_IMAGES_PER_S,
+                               checkpoint_cost, cores_per_gpu, loader_images_per_core, loader_samples_per_s,
+                               plan_runtime)
 
 DEFAULT_LINK_GBPS = 400.0   # one 400 Gb/s NIC per GPU (H100 clusters: ConnectX-7 / NDR InfiniBand)
 DEFAULT_CPUS_PER_GPU = 12   # e.g. 96-112 usable cores on an 8-GPU node
@@ -114,9 +115,12 @@ def make_plan(cfg: Config, nodes: int, gpus_per_node: int, gpu: str, mfu: float 
                       image_forward_s)
         alternatives[name] = {"bytes_per_rank": a.bytes_per_rank, "network_bytes_per_rank": a.network_bytes_per_rank,
                               "exposed_s": a.exposed_s}
-    gpu_step_s = compute_s + comm.exposed_s
+    # data.decode=device: the JPEG decode moves from the loader's cores into the step (assumed rate).
+    decode_s = micro / DEVICE_DECODE_IMAGES_PER_S if cfg.data.decode == "device" else 0.0
+    gpu_step_s = compute_s + decode_s + comm.exposed_s
     # The loader runs in its own processes beside the step: it limits the step only if slower.
-    feed = loader_samples_per_s(cpus_per_gpu)
+    images_per_core = loader_images_per_core(cfg.data.decode)
+    feed = loader_samples_per_s(cpus_per_gpu, images_per_core)
     data_s = micro / feed if feed > 0 else float("inf")
     step_s = max(gpu_step_s, data_s)
     steps = t.samples // t.global_batch_size
@@ -125,10 +129,11 @@ def make_plan(cfg: Config, nodes: int, gpus_per_node: int, gpu: str, mfu: float 
     run = plan_runtime(step_s, steps, cfg.checkpoint.every_steps, ckpt.blocked_s, nodes, failures_per_node_day,
                        restart_min * 60, every_minutes=cfg.checkpoint.every_minutes)
     step = {"compute_s": compute_s, "forward_s": forward_s, "image_forward_s": image_forward_s,
-            "comm_exposed_s": comm.exposed_s, "gpu_step_s": gpu_step_s, "data_s": data_s, "step_s": step_s,
+            "comm_exposed_s": comm.exposed_s, "decode_s": decode_s, "gpu_step_s": gpu_step_s, "data_s": data_s,
+            "step_s": step_s,
             "data_bound": data_s > gpu_step_s, "micro_batch": micro}
-    loader = {"images_per_core": LOADER_IMAGES_PER_CORE, "samples_per_s_per_gpu": micro / gpu_step_s,
-              "cores_per_gpu_needed": cores_per_gpu(micro / gpu_step_s), "cpus_per_gpu": cpus_per_gpu,
+    loader = {"decode": cfg.data.decode, "images_per_core": images_per_core, "samples_per_s_per_gpu": micro / gpu_step_s,
+              "cores_per_gpu_needed": cores_per_gpu(micro / gpu_step_s, images_per_core), "cpus_per_gpu": cpus_per_gpu,
               "loader_samples_per_s_per_gpu": feed}
     total = {"wall_s": run.total_s, "gpu_days": run.total_s * world / 86400,
              "vs_compute": run.total_s / c.wall_s}
@@ -274,12 +279,15 @@ def format_costs(plan: dict) -> list[str]:
         for name, a in plan["comm_alternatives"].items():
             lines.append(f"    {name:40s}{_gb(a['bytes_per_rank']):>12s}{_gb(a['network_bytes_per_rank']):>14s}"
                          f"{_ms(a['exposed_s']):>10s}")
+    decode = (f"JPEG decode on the GPU {_ms(st['decode_s'])} (data.decode=device; ASSUMED "
+              f"{DEVICE_DECODE_IMAGES_PER_S:,.0f} images/s, not measured) + " if st.get("decode_s") else "")
     lines.append(f"step: compute {_ms(st['compute_s'])} (micro batch {st['micro_batch']}, {plan['mfu']:.0%} MFU) + "
-                 f"exposed communication {_ms(st['comm_exposed_s'])} = {_ms(st['gpu_step_s'])}"
+                 f"{decode}exposed communication {_ms(st['comm_exposed_s'])} = {_ms(st['gpu_step_s'])}"
                  + (f"; the loader needs {_ms(st['data_s'])}: DATA-BOUND" if st["data_bound"] else ""))
     enough = ld["cpus_per_gpu"] >= ld["cores_per_gpu_needed"]
     lines.append(f"data loader: {ld['samples_per_s_per_gpu']:,.0f} samples/s per GPU needs {ld['cores_per_gpu_needed']} "
-                 f"CPU cores per GPU ({ld['images_per_core']:.0f} images/s per core, BENCHMARKS.md, + 1 for the "
+                 f"CPU cores per GPU ({ld['images_per_core']:.0f} images/s per core with data.decode="
+                 f"{ld.get('decode', 'cpu')}, BENCHMARKS.md, + 1 for the "
                  f"trainer); {ld['cpus_per_gpu']} available [--cpus-per-gpu]: "
                  + ("enough" if enough else f"NOT enough, the loader caps a GPU at "
                                             f"{ld['loader_samples_per_s_per_gpu']:,.0f} samples/s"))

@@ -286,3 +286,24 @@ def test_checkpoint_interval_by_wall_clock_and_asynchronous_cost():
     assert asyn.blocked_s == pytest.approx(asyn.bytes / W / R.HOST_COPY_BYTES_PER_S)
     assert R.checkpoint_cost("deepspeed", 2, "bf16", N, W, 1e10, async_save=True).blocked_s == pytest.approx(
         R.checkpoint_cost("deepspeed", 2, "bf16", N, W, 1e10).write_s)  # DeepSpeed saves synchronously
+
+
+def test_device_decode_moves_the_decode_from_the_loader_cores_into_the_step(capsys):
+    """data.decode=device: workers at the measured 4.7x rate, the GPU pays the (assumed) decode."""
+    assert R.loader_images_per_core("cpu") == 130
+    assert R.loader_images_per_core("device") == pytest.approx(130 * 4.7)
+    b16 = str(ROOT / "recipes" / "flip" / "b16_laion400m.yaml")
+    cpu = make_plan(load_plan_config(b16, [], 64), 8, 8, "h100")
+    dev = make_plan(load_plan_config(b16, ["data.decode=device"], 64), 8, 8, "h100")
+    micro = cpu["step"]["micro_batch"]
+    assert cpu["step"]["decode_s"] == 0 and cpu["loader"]["decode"] == "cpu"
+    assert dev["step"]["decode_s"] == pytest.approx(micro / R.DEVICE_DECODE_IMAGES_PER_S)
+    assert dev["step"]["gpu_step_s"] == pytest.approx(cpu["step"]["gpu_step_s"] + dev["step"]["decode_s"])
+    assert dev["loader"]["loader_samples_per_s_per_gpu"] == pytest.approx(
+        4.7 * cpu["loader"]["loader_samples_per_s_per_gpu"])
+    # B/16 at 50% masking starves 12 cores per GPU with CPU decoding; decoding on the GPU does not.
+    assert cpu["step"]["data_bound"] and not dev["step"]["data_bound"]
+    assert dev["loader"]["cores_per_gpu_needed"] < cpu["loader"]["cores_per_gpu_needed"] / 3
+    assert main_plan([b16, "data.decode=device", "--nodes", "8", "--gpus-per-node", "8", "--gpu", "h100"]) == 0
+    out = capsys.readouterr().out
+    assert "JPEG decode on the GPU" in out and "ASSUMED 3,000 images/s" in out and "data.decode=device" in out

@@ -11,6 +11,17 @@ from dataclasses import asdict, dataclass
 # measured 130-170 per worker on the device machine's 16-core host (133 at 14 workers); the
 # planner takes the low end, what a busy node gets. Re-measure with bench/bench_loader.py.
 LOADER_IMAGES_PER_CORE = 130.0
+# data.decode=device: workers parse JPEG headers and draw crops, the GPU decodes. bench_loader.py
+# --decode device measured such a worker at 4.7x the images/s of a decode=cpu worker in the same
+# invocation (849 vs 180, 2-core VM; BENCHMARKS.md "Data loader", GPU-decode path); the planner
+# scales its per-core rate by that.
+DEVICE_DECODE_WORKER_SPEEDUP = 4.7
+# The decode's cost on the GPU (batched nvJPEG through torchvision, then crop + resize + flip per
+# image): ASSUMED, not measured - no GPU was lent to the task that built it; bench/gpu_check.py
+# measures it. 3,000 images/s per GPU for ~480 px JPEGs is an assumption of the order published
+# for nvJPEG on A100/H100-class cards (thousands per second); the plan adds it to the step and
+# prints it as assumed.
+DEVICE_DECODE_IMAGES_PER_S = 3000.0
 # Besides its workers each GPU's training process needs a core of its own (BENCHMARKS.md:
 # "plan about ceil(gpu_samples_per_s / 130) + 1 workers per GPU").
 TRAINER_CORES_PER_GPU = 1
@@ -25,6 +36,11 @@ DEFAULT_RESTART_MIN = 10.0
 #   single / ddp         fp32 weights + m, v (one torch.save by rank 0)                  = 12
 CKPT_OPTIMIZER_BYTES = 8  # AdamW's two fp32 moments
 CKPT_MASTER_BYTES = 4
+
+
+def loader_images_per_core(decode: str) -> float:
+    """Images/s one loader worker (core) delivers under data.decode (cpu | device)."""
+    return LOADER_IMAGES_PER_CORE * (DEVICE_DECODE_WORKER_SPEEDUP if decode == "device" else 1.0)
 
 
 def cores_per_gpu(samples_per_s_per_gpu: float, images_per_core: float = LOADER_IMAGES_PER_CORE) -> int:
