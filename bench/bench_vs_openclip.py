@@ -29,6 +29,7 @@ instead times torch's AdamW implementations (loop, foreach, fused) on our parame
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -49,18 +50,19 @@ ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Ours vs open_clip (CPU)"
 
 
-def our_engine(image_size: int, batch: int, text_length: int, host_malloc: str = "auto") -> Engine:
+def our_engine(image_size: int, batch: int, text_length: int, host_malloc: str = "auto", device: str = "cpu",
+               precision: str = "fp32", compile: bool = False) -> Engine:
     return Engine([f"train.host_malloc={host_malloc}", "model.name=vit_b16", f"data.image_size={image_size}",
                    f"model.text_length={text_length}",
-                   f"train.global_batch_size={batch}", "parallel.backend=single", "parallel.precision=fp32",
-                   "parallel.compile=false", "parallel.activation_checkpointing=false", "train.device=cpu",
-                   "model.mask_ratio=0.0"])
+                   f"train.global_batch_size={batch}", "parallel.backend=single", f"parallel.precision={precision}",
+                   f"parallel.compile={str(compile).lower()}", "parallel.activation_checkpointing=false",
+                   f"train.device={device}", "model.mask_ratio=0.0"])
 
 
 class OpenClipEngine:
     """open_clip's CLIP + PatchDropout + ClipLoss + AdamW, stepped as open_clip_train's train.py does."""
 
-    def __init__(self, ours: Engine):
+    def __init__(self, ours: Engine, precision: str = "fp32", compile: bool = False):
         import open_clip
         from open_clip.loss import ClipLoss
 
@@ -74,8 +76,12 @@ class OpenClipEngine:
                                      width=size.text_width, heads=size.text_heads, layers=size.text_layers,
                                      mlp_ratio=size.mlp_ratio, no_causal_mask=True, pool_type="first")
         torch.manual_seed(t.seed)
-        self.model = open_clip.CLIP(size.embed_dim, vision, text, output_dict=True)
+        self.model = open_clip.CLIP(size.embed_dim, vision, text, output_dict=True).to(ours.device)
         self.model.train()
+        # open_clip_train's --precision amp_bf16: fp32 weights, bf16 autocast; --torchcompile.
+        self.autocast = (torch.autocast(ours.device.type, dtype=torch.bfloat16) if precision == "bf16"
+                         else contextlib.nullcontext())
+        self.forward = torch.compile(self.model) if compile else self.model
         self.loss = ClipLoss()
         # open_clip_train/main.py's optimizer, verbatim apart from names.
         exclude = lambda n, p: p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n  # noqa: E731
@@ -96,8 +102,9 @@ class OpenClipEngine:
 
     def step(self):
         self.optimizer.zero_grad()
-        out = self.model(self.images, self.tokens)
-        losses = self.loss(**out, output_dict=True)
+        with self.autocast:
+            out = self.forward(self.images, self.tokens)
+            losses = self.loss(**out, output_dict=True)
         total = sum(losses.values())
         total.backward()
         if self.grad_clip > 0:
@@ -118,9 +125,13 @@ def timed(step, n: int) -> tuple[float, float]:
 
 
 def run(masks: list[float], trials: int, steps: int, warmup: int, image_size: int, batch: int,
-        text_length: int, log=print, host_malloc: str = "auto") -> dict:
-    ours = our_engine(image_size, batch, text_length, host_malloc)
-    theirs = OpenClipEngine(ours)
+        text_length: int, log=print, host_malloc: str = "auto", device: str = "cpu", precision: str = "fp32",
+        compile: bool = False) -> dict:
+    ours = our_engine(image_size, batch, text_length, host_malloc, device, precision, compile)
+    theirs = OpenClipEngine(ours, precision, compile)
+    # On a GPU the process's CPU time says nothing about the step: wall time (the loss read at
+    # the end of each timed step waits for the device) is what the ratios use there.
+    key = "" if ours.device.type == "cpu" else "_wall"
     params = {"ours": sum(p.numel() for p in ours.model.parameters()),
               "open_clip": sum(p.numel() for p in theirs.model.parameters())}
     log(f"parameters: ours {params['ours'] / 1e6:.1f}M, open_clip {params['open_clip'] / 1e6:.1f}M")
@@ -147,12 +158,12 @@ def run(masks: list[float], trials: int, steps: int, warmup: int, image_size: in
             for _ in range(steps):
                 for name, step in (pair if trial % 2 == 0 else pair[::-1]):
                     wall, cpu = timed(step, 1)
-                    spent[name] += cpu
+                    spent[name] += cpu if not key else wall
                     spent[name + "_wall"] += wall
             for name in spent:
                 times[m][name].append(spent[name] / steps)
             t = {k: v[-1] for k, v in times[m].items()}
-            log(f"trial {trial + 1}/{trials} mask {m}: CPU s/step ours {t['ours']:.3f}, open_clip "
+            log(f"trial {trial + 1}/{trials} mask {m}: s/step ours {t['ours']:.3f}, open_clip "
                 f"{t['open_clip']:.3f}, ratio {t['open_clip'] / t['ours']:.3f} (wall {t['ours_wall']:.3f}, "
                 f"{t['open_clip_wall']:.3f}, ratio {t['open_clip_wall'] / t['ours_wall']:.3f})")
     rows = []
@@ -167,8 +178,10 @@ def run(masks: list[float], trials: int, steps: int, warmup: int, image_size: in
                      "open_clip_wall_s": statistics.median(tm["open_clip_wall"]),
                      "wall_speed_ratio": statistics.median(wall_ratios)})
     return {"model": "vit_b16", "image_size": image_size, "batch": batch, "text_length": text_length,
-            "precision": "fp32", "device": "cpu", "threads": torch.get_num_threads(), "trials": trials,
-            "steps_per_trial": steps, "timing": "process CPU time", "grad_clip": ours.cfg.train.grad_clip,
+            "precision": precision, "compile": compile, "device": str(ours.device),
+            "device_name": torch.cuda.get_device_name(ours.device) if ours.device.type == "cuda" else "cpu",
+            "threads": torch.get_num_threads(), "trials": trials,
+            "steps_per_trial": steps, "timing": "process CPU time" if not key else "wall time (device synced)", "grad_clip": ours.cfg.train.grad_clip,
             "host_malloc": host_malloc, "host_malloc_kept": ours.host_malloc_kept, "params": params, "rows": rows}
 
 
@@ -282,6 +295,10 @@ def main(argv=None) -> None:
     ap.add_argument("--image-size", type=int, default=112)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--text-length", type=int, default=32)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (on a GPU: wall time, both engines on the device)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="ours: parallel.precision; open_clip: fp32 or amp_bf16 autocast as open_clip_train")
+    ap.add_argument("--compile", action="store_true", help="torch.compile both (ours: parallel.compile)")
     ap.add_argument("--json", action="store_true", help="print only one JSON line with the ratios")
     ap.add_argument("--write", action="store_true", help="replace the BENCHMARKS.md section with this run")
     ap.add_argument("--optimizers", action="store_true", help="instead: time torch's AdamW variants on these parameters")
@@ -296,7 +313,7 @@ def main(argv=None) -> None:
         print(optimizers(max(args.trials, 3), args.image_size, args.text_length, log))
         return
     result = run(args.masks, args.trials, args.steps, args.warmup, args.image_size, args.batch, args.text_length, log,
-                 args.host_malloc)
+                 args.host_malloc, args.device, args.precision, args.compile)
     body = table(result)
     if args.json:
         print(json.dumps({**result, "speed_ratio": {str(r["mask_ratio"]): round(r["speed_ratio"], 4)

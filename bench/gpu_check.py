@@ -1,14 +1,20 @@
 """GPU engine check for a lent H100/H200: tiny and vit_b16 on 1 GPU, fsdp (and deepspeed when it
 imports), bf16, compile off and on, mask 0.5; samples/s, MFU and max memory per run.
-First (it is the open measurement of issue 13 item 4): data.decode=device, images/s per GPU of
-the step-side decode (nvJPEG batched decode_jpeg + crop/resize/flip) at 224 px from 480 px
-photo-like JPEGs, and the loader workers' rate when they only parse headers
-(bench/bench_loader.py --decode device --device cuda).
+First, the measurements still open (no GPU was lent to the tasks that built them):
+- issue 13 item 4: data.decode=device, images/s per GPU of the step-side decode (nvJPEG batched
+  decode_jpeg + crop/resize/flip) at 224 px from 480 px photo-like JPEGs, and the loader
+  workers' rate when they only parse headers (bench/bench_loader.py --decode device --device cuda);
+- issue 11 item 4: host syncs per training step under torch.cuda.set_sync_debug_mode("warn")
+  (bench/sync_count.py, vit_b16 bf16 at 50% masking);
+- issue 11 item 5: ours (bf16, fused AdamW, compile) against open_clip (amp_bf16, compiled) on
+  the same towers at 224 px, batch 256 (bench/bench_vs_openclip.py --device cuda; goal >= 1.25x).
+  Needs open_clip importable on the GPU host: pip download its wheels for the host's Python
+  into wheels/ (git-ignored) and carry them; skipped with one line otherwise.
 
 Each run is its own process (bench/engine_loop.py) with a timeout, in priority order, under a
 global deadline so the whole check stays inside its time box; a run that does not fit is
 recorded as skipped, a failing run as failed, and the rest go on.
-    python bench/gpu_check.py --out DIR [--budget-s 330] [--dry-run]
+    python bench/gpu_check.py --out DIR [--budget-s 450] [--dry-run]
 --dry-run: CPU, tiny only, 2 steps, fp32, no compile (checks the script itself anywhere).
 """
 from __future__ import annotations
@@ -93,6 +99,45 @@ def run_decode(dry_run: bool, timeout_s: float) -> dict:
     return run_json(DECODE_LABEL, cmd, timeout_s, key="decode")
 
 
+SYNC_LABEL = "sync count (vit_b16 bf16 step)"
+VS_OPENCLIP_LABEL = "ours vs open_clip (bf16, compile)"
+
+
+def run_sync_count(dry_run: bool, timeout_s: float) -> dict:
+    """Host syncs per (non-log) training step under torch.cuda.set_sync_debug_mode("warn")."""
+    over = (["train.device=cpu"] if dry_run else
+            ["model.name=vit_b16", "data.image_size=224", "train.global_batch_size=256", "parallel.precision=bf16",
+             "model.mask_ratio=0.5", "parallel.activation_checkpointing=false"])
+    cmd = [sys.executable, str(ROOT / "bench" / "sync_count.py"), "--steps", "2" if dry_run else "5", *over]
+    return run_json(SYNC_LABEL, cmd, timeout_s, key="sync")
+
+
+def run_vs_openclip(dry_run: bool, timeout_s: float) -> dict:
+    """Issue 11's GPU goal: ours (bf16, fused AdamW, compile) against open_clip (amp_bf16, its
+    AdamW, compiled too) on the same towers; needs open_clip importable (carry its wheels)."""
+    try:
+        import open_clip  # noqa: F401
+    except ImportError:
+        return {"label": VS_OPENCLIP_LABEL, "status": "skipped (open_clip not importable: carry its wheels)"}
+    args = (["--device", "cpu", "--masks", "0.5", "--trials", "1", "--warmup", "1", "--image-size", "32",
+             "--batch", "8"] if dry_run else
+            ["--device", "cuda", "--precision", "bf16", "--compile", "--masks", "0.0", "0.5",
+             "--trials", "3", "--steps", "5", "--warmup", "3", "--image-size", "224", "--batch", "256"])
+    cmd = [sys.executable, str(ROOT / "bench" / "bench_vs_openclip.py"), "--json", *args]
+    return run_json(VS_OPENCLIP_LABEL, cmd, timeout_s, key="vs_openclip")
+
+
+def extra_line(r: dict) -> str:
+    """The sync count and the open_clip comparison, one line each."""
+    if r["status"] != "ok":
+        return f"{r['label']}: {r['status']} {r.get('error', '')}"
+    if "sync" in r:
+        s = r["sync"]
+        return f"{r['label']}: {s['syncs']} syncs in {s['steps']} steps on {s['device']} {s['sites']}"
+    v = r["vs_openclip"]
+    return f"{r['label']}: speed ratio ours/open_clip {v['speed_ratio']} on {v['device_name']} ({v['timing']})"
+
+
 def decode_line(r: dict) -> str:
     if r["status"] != "ok":
         return f"{r['label']}: {r['status']} {r.get('error', '')}"
@@ -107,8 +152,8 @@ def decode_line(r: dict) -> str:
 def table(results: list[dict]) -> str:
     lines = ["| run | status | samples/s | MFU | max mem GB | step ms | warm-up s |", "|---|---|---|---|---|---|---|"]
     for r in results:
-        if "decode" in r or r["label"] == DECODE_LABEL:
-            continue  # its own line (decode_line)
+        if r["label"] in (DECODE_LABEL, SYNC_LABEL, VS_OPENCLIP_LABEL):
+            continue  # their own lines (decode_line, extra_line)
         if r["status"] == "ok":
             mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
             mem = f"{r['max_memory_gb']:.1f}" if r.get("max_memory_gb") is not None else "-"
@@ -122,7 +167,7 @@ def table(results: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--budget-s", type=float, default=330.0, help="stop starting runs after this (whole check < 6 min)")
+    ap.add_argument("--budget-s", type=float, default=450.0, help="stop starting runs after this (whole check < 8 min)")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--dry-run", action="store_true")
@@ -132,8 +177,14 @@ def main() -> None:
     with_ds = deepspeed_importable()
     if not with_ds:
         print("deepspeed does not import here: deepspeed runs skipped", file=sys.stderr)
-    results = [run_decode(args.dry_run, timeout_s=min(args.budget_s, 150))]
+    # The measurements still open come first (nvJPEG decode, sync count, ours vs open_clip); the
+    # engine matrix, measured on an H200 before (BENCHMARKS.md), gets what the budget leaves.
+    results = [run_decode(args.dry_run, timeout_s=min(args.budget_s, 90))]
     print(decode_line(results[0]), file=sys.stderr, flush=True)
+    for extra, cap in ((run_sync_count, 90), (run_vs_openclip, 240)):
+        left = args.budget_s - (time.time() - start)
+        results.append(extra(args.dry_run, timeout_s=max(min(left, cap), 1)))
+        print(extra_line(results[-1]), file=sys.stderr, flush=True)
     for label, overrides in plan(args.dry_run, with_ds):
         left = args.budget_s - (time.time() - start)
         # A compiled vit_b16 run needs ~1-2 min; don't start what cannot finish.
@@ -147,6 +198,8 @@ def main() -> None:
     doc = {"deepspeed": with_ds, "dry_run": args.dry_run, "total_s": time.time() - start, "runs": results}
     (out / "gpu_results.json").write_text(json.dumps(doc, indent=1))
     print(decode_line(results[0]))
+    for r in results[1:3]:
+        print(extra_line(r))
     print(table(results))
     print(f"total {doc['total_s']:.0f}s; results in {out / 'gpu_results.json'}")
 

@@ -4,7 +4,7 @@
 #   bash bench/gpu_check.sh --dry-run  # CPU-only self-check of the script (tiny, 2 steps)
 # Needs torch + this package's dependencies importable by $PYTHON; DeepSpeed is optional
 # (install its wheel from wheels/ first to include it; otherwise its runs are skipped).
-# Time box: runs start only while under --budget-s (default 330 s), so the whole check < 6 min.
+# Time box: runs start only while under --budget-s (default 450 s), so the whole check < 8 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The repo venv when there is one (dev machines), else the machine's python3 (the GPU host).
