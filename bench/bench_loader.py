@@ -298,13 +298,12 @@ def per_image_ms(t: dict[str, float], last_batch: dict, n: int, n_batches: int, 
     return ms
 
 
-def profile_worker(shards: str, image_size: int, batch: int, samples: int) -> dict[str, float]:
-    """One worker's stages, in-process, on the loader's own functions: ms per image."""
+def _profile(shards: str, samples: int, batch: int, stages: tuple[str, ...], work, collate) -> dict[str, float]:
+    """A worker's loop, in-process: read, tokenise, `work(sample, n, t)` (the image stages, which
+    add their own seconds to t; returns the image item), collate per batch, transfer."""
     torch.set_num_threads(1)  # as in a loader worker
     tok = load_tokenizer("builtin", 32)
-    stages = ("read", "decode", "crop_resize", "flip", "convert", "tokenise", "collate",
-              "transfer")
-    t = dict.fromkeys(stages, 0.0)
+    t = dict.fromkeys(("read", *stages, "tokenise", "collate", "transfer"), 0.0)
     items, n, last = [], 0, None
     clock = time.perf_counter
     samples_it = raw_samples(shards, samples)
@@ -312,8 +311,24 @@ def profile_worker(shards: str, image_size: int, batch: int, samples: int) -> di
         t0 = clock()
         sample = next(samples_it)
         t1 = clock()
-        caption = sample["txt"].decode("utf-8", errors="replace").strip()
-        ids = tok.encode_caption(caption)
+        ids = tok.encode_caption(sample["txt"].decode("utf-8", errors="replace").strip())
+        t["read"] += t1 - t0
+        t["tokenise"] += clock() - t1
+        items.append((work(sample, n, t), ids, sample_index(sample["__key__"])))
+        n += 1
+        if len(items) == batch:
+            t0 = clock()
+            last = collate(items)
+            t["collate"] += clock() - t0
+            items = []
+    return per_image_ms(t, last, n, samples // batch, batch)
+
+
+def profile_worker(shards: str, image_size: int, batch: int, samples: int) -> dict[str, float]:
+    """One worker's stages, in-process, on the loader's own functions: ms per image."""
+    clock = time.perf_counter
+
+    def work(sample, n, t):
         t2 = clock()
         draws = T.sample_draws(0, n)
         img = T.open_image(sample["jpg"])
@@ -326,47 +341,27 @@ def profile_worker(shards: str, image_size: int, batch: int, samples: int) -> di
         t5 = clock()
         arr = out  # already uint8 [3,S,S] contiguous: normalising happens on the device
         t6 = clock()
-        items.append((arr, ids, sample_index(sample["__key__"])))
-        for k, a, b in (("read", t0, t1), ("tokenise", t1, t2), ("decode", t2, t3),
-                        ("crop_resize", t3, t4), ("flip", t4, t5), ("convert", t5, t6)):
+        for k, a, b in (("decode", t2, t3), ("crop_resize", t3, t4), ("flip", t4, t5), ("convert", t5, t6)):
             t[k] += b - a
-        n += 1
-        if len(items) == batch:
-            t0 = clock()
-            last = T.collate_samples(items)
-            t["collate"] += clock() - t0
-            items = []
-    return per_image_ms(t, last, n, samples // batch, batch)
+        return arr
+
+    return _profile(shards, samples, batch, ("decode", "crop_resize", "flip", "convert"), work,
+                    T.collate_samples)
 
 
 def profile_worker_device(shards: str, image_size: int, batch: int, samples: int) -> dict[str, float]:
     """One decode=device worker's stages (ms per image): read, parse (JPEG header + crop box +
     flip draw; a non-JPEG decodes here), tokenise, collate (flat bytes + boxes), transfer."""
-    torch.set_num_threads(1)
-    tok = load_tokenizer("builtin", 32)
     transform = T.train_transform(image_size)
-    t = dict.fromkeys(("read", "parse", "tokenise", "collate", "transfer"), 0.0)
-    items, n, last = [], 0, None
     clock = time.perf_counter
-    samples_it = raw_samples(shards, samples)
-    while n < samples:
-        t0 = clock()
-        sample = next(samples_it)
-        t1 = clock()
-        ids = tok.encode_caption(sample["txt"].decode("utf-8", errors="replace").strip())
+
+    def work(sample, n, t):
         t2 = clock()
         enc = encode_for_device(sample["jpg"], T.sample_draws(0, n), transform)
-        t3 = clock()
-        items.append((enc, ids, sample_index(sample["__key__"])))
-        for k, a, b in (("read", t0, t1), ("tokenise", t1, t2), ("parse", t2, t3)):
-            t[k] += b - a
-        n += 1
-        if len(items) == batch:
-            t0 = clock()
-            last = collate_encoded(items, image_size)
-            t["collate"] += clock() - t0
-            items = []
-    return per_image_ms(t, last, n, samples // batch, batch)
+        t["parse"] += clock() - t2
+        return enc
+
+    return _profile(shards, samples, batch, ("parse",), work, lambda items: collate_encoded(items, image_size))
 
 
 def _sync(device: torch.device) -> None:

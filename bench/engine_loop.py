@@ -111,12 +111,17 @@ def measure(overrides: list[str], steps: int, warmup: int) -> dict:
     return result
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
+def engine_args(description: str, steps: int, warmup: int, argv=None) -> argparse.Namespace:
+    """--steps, --warmup and recipe overrides: the command line of the one-engine benchmarks."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--warmup", type=int, default=warmup)
     ap.add_argument("overrides", nargs="*", help="recipe key=value over recipes/test/tiny.yaml")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = engine_args(__doc__.splitlines()[0], 20, 3, argv)
     print(json.dumps(measure(args.overrides, args.steps, args.warmup)), flush=True)
 
 

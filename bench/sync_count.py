@@ -12,7 +12,6 @@ line says so (`"syncs": null`) after running the steps, so the script still chec
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import warnings
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine_loop import Engine  # noqa: E402
+from engine_loop import Engine, engine_args  # noqa: E402
 
 
 def count_syncs(overrides: list[str], steps: int, warmup: int) -> dict:
@@ -51,11 +50,7 @@ def count_syncs(overrides: list[str], steps: int, warmup: int) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("overrides", nargs="*", help="recipe key=value over recipes/test/tiny.yaml")
-    args = ap.parse_args(argv)
+    args = engine_args(__doc__.splitlines()[0], 5, 3, argv)
     print(json.dumps(count_syncs(args.overrides, args.steps, args.warmup)), flush=True)
 
 
