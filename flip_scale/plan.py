@@ -280,14 +280,14 @@ def format_costs(plan: dict) -> list[str]:
             lines.append(f"    {name:40s}{_gb(a['bytes_per_rank']):>12s}{_gb(a['network_bytes_per_rank']):>14s}"
                          f"{_ms(a['exposed_s']):>10s}")
     decode = (f"JPEG decode on the GPU {_ms(st['decode_s'])} (data.decode=device; ASSUMED "
-              f"{DEVICE_DECODE_IMAGES_PER_S:,.0f} images/s, not measured) + " if st.get("decode_s") else "")
+              f"{DEVICE_DECODE_IMAGES_PER_S:,.0f} images/s, not measured) + " if st["decode_s"] else "")
     lines.append(f"step: compute {_ms(st['compute_s'])} (micro batch {st['micro_batch']}, {plan['mfu']:.0%} MFU) + "
                  f"{decode}exposed communication {_ms(st['comm_exposed_s'])} = {_ms(st['gpu_step_s'])}"
                  + (f"; the loader needs {_ms(st['data_s'])}: DATA-BOUND" if st["data_bound"] else ""))
     enough = ld["cpus_per_gpu"] >= ld["cores_per_gpu_needed"]
     lines.append(f"data loader: {ld['samples_per_s_per_gpu']:,.0f} samples/s per GPU needs {ld['cores_per_gpu_needed']} "
                  f"CPU cores per GPU ({ld['images_per_core']:.0f} images/s per core with data.decode="
-                 f"{ld.get('decode', 'cpu')}, BENCHMARKS.md, + 1 for the "
+                 f"{ld['decode']}, BENCHMARKS.md, + 1 for the "
                  f"trainer); {ld['cpus_per_gpu']} available [--cpus-per-gpu]: "
                  + ("enough" if enough else f"NOT enough, the loader caps a GPU at "
                                             f"{ld['loader_samples_per_s_per_gpu']:,.0f} samples/s"))

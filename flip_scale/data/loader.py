@@ -351,12 +351,7 @@ class TrainLoader:
             str(_cfg(data_cfg, "tokenizer")), text_length, bool(_cfg(data_cfg, "text_cls_token")))
         spec = str(_cfg(data_cfg, "train_shards"))
         self.synthetic = spec == "synthetic"
-        self.decode = str(_cfg(data_cfg, "decode"))
-        if self.decode not in ("cpu", "device"):
-            raise ValueError(f"data.decode: must be cpu or device, got {self.decode!r}")
-        if self.decode == "device" and self.synthetic:
-            raise ValueError("data.decode: device needs JPEG shards (data.train_shards); the synthetic "
-                             "source renders pixels: use data.decode=cpu")
+        self.decode = str(_cfg(data_cfg, "decode"))  # cpu | device, checked with the config (DataConfig.check)
         self._counter_base: Counter = Counter()
         self._stream_counts: dict[int, dict] = {}
         # decode=device: images the step could not decode (device_decode), counted in this
