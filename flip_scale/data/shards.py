@@ -49,11 +49,19 @@ def _split_top_level_commas(spec: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
+def _as_local(found: list[str]) -> list[str]:
+    """Paths found on disk (a glob, a directory listing) stay paths. A file named
+    `pipe:cmd;.tar` is only a file: `pipe:` (or a URL scheme) counts only when the user wrote it
+    in the spec, so a name in a downloaded folder never becomes a shell command."""
+    return [os.path.join(".", p) if p.startswith((*_REMOTE, "file://")) else p for p in found]
+
+
 def expand_shards(spec: str) -> list[str]:
     """Expand a shard spec into shard URLs.
 
     Accepts a brace pattern ('DIR/{00000..00009}.tar'), a comma-separated list, a directory of
-    .tar files, a glob, http(s) URLs and `pipe:CMD` commands (each may hold braces). Local paths
+    .tar files, a glob, http(s) URLs and `pipe:CMD` commands (each may hold braces; honoured only
+    as written in the spec, never from what a glob or directory listing finds). Local paths
     that do not exist are dropped with a warning; a spec that yields no shard raises ValueError.
     """
     if not spec or not spec.strip():
@@ -68,9 +76,9 @@ def expand_shards(spec: str) -> list[str]:
             path = item[len("file://"):] if item.startswith("file://") else item
             path = os.path.expanduser(path)
             if os.path.isdir(path):
-                out.extend(sorted(glob.glob(os.path.join(path, "*.tar"))))
+                out.extend(_as_local(sorted(glob.glob(os.path.join(path, "*.tar")))))
             elif any(c in path for c in "*?["):
-                out.extend(sorted(glob.glob(path)))
+                out.extend(_as_local(sorted(glob.glob(path))))
             elif os.path.isfile(path):
                 out.append(path)
             else:
