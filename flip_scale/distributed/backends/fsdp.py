@@ -171,8 +171,9 @@ class FSDPBackend(Backend):
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
         model_sd, optim_sd = self._state_dicts()
-        from .safe_dcp import SafeFileSystemReader, SafeLoadPlanner
+        from .safe_dcp import SafeFileSystemReader, SafeLoadPlanner, check_metadata
 
+        check_metadata(ckpt_dir)
         state = {"model": model_sd, "optimizer": optim_sd}
         # In place, each rank reads its own shards; through the restricted reader and planner
         # (a checkpoint's pickles must not run code: flip_scale/safe_load.py).
@@ -184,11 +185,12 @@ class FSDPBackend(Backend):
     def read_full_weights(ckpt_dir: Path) -> dict:
         from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-        from .safe_dcp import SafeEmptyStateDictLoadPlanner, SafeFileSystemReader
+        from .safe_dcp import SafeEmptyStateDictLoadPlanner, SafeFileSystemReader, check_metadata
 
         # Every shard of "model" into plain tensors on THIS process. no_dist=True even when a
         # process group exists (init_from calls this on each rank): reading is local, never a
         # collective, so one rank alone can call it too.
+        check_metadata(ckpt_dir)
         state: dict = {}
         _load_state_dict(state, storage_reader=SafeFileSystemReader(str(ckpt_dir)),
                          planner=SafeEmptyStateDictLoadPlanner(keys={"model"}), no_dist=True)

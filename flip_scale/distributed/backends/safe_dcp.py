@@ -28,6 +28,14 @@ class SafeFileSystemReader(FileSystemReader):
         return metadata
 
 
+def check_metadata(ckpt_dir) -> None:
+    """Read .metadata with the restricted unpickler before DCP does: DCP wraps a reader's
+    exception in a multi-line CheckpointException, and a refusal must stay one clear line."""
+    path = Path(ckpt_dir) / ".metadata"
+    with open(path, "rb") as stream:
+        load_dcp_metadata(stream, path)
+
+
 class _SafeBytes:
     def load_bytes(self, read_item, value) -> None:
         obj = read_bytes_item(value)
