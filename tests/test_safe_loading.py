@@ -22,18 +22,9 @@ from flip_scale.data.synthetic import write_synthetic_zeroshot
 from flip_scale.safe_load import UnsafeCheckpoint, load_dcp_metadata, load_state, save_state
 
 from conftest import ROOT, TINY, cli
+from payloads import Payload, claim_backend, dcp_metadata, deepspeed, train_state
 
 pytestmark = pytest.mark.slow
-
-
-class Payload:
-    """Unpickling this runs `touch marker` (os.system): what a malicious checkpoint carries."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def _train(out: Path, *overrides, check=True):
@@ -71,17 +62,11 @@ def _assert_refused(p: subprocess.CompletedProcess, marker: Path, *words):
         assert word in errors[0], errors[0]
 
 
-def _edit_meta(ckpt: Path, **fields):
-    meta = json.loads((ckpt / "meta.json").read_text())
-    (ckpt / "meta.json").write_text(json.dumps({**meta, **fields}))
-
-
 # -- the four code-execution cases ----------------------------------------------------------
 def test_dcp_metadata_payload_on_a_ddp_run_claiming_fsdp_is_not_run(runs, tmp_path):
     run = _copy(runs["ddp"], tmp_path / "run")
     marker = tmp_path / "MARKER"
-    (_newest(run) / ".metadata").write_bytes(pickle.dumps(Payload(marker)))
-    _edit_meta(_newest(run), backend="fsdp")
+    dcp_metadata(_newest(run), marker, claim="fsdp")
     for args in (("eval", run, "--zeroshot", runs["zs"], "--device", "cpu", "--no-progress"),
                  ("export", run, "--output", tmp_path / "oc")):
         p = subprocess.run(cli(*args), cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -92,7 +77,7 @@ def test_dcp_metadata_payload_on_a_ddp_run_claiming_fsdp_is_not_run(runs, tmp_pa
 def test_dcp_metadata_payload_in_an_fsdp_checkpoint_is_refused_by_the_restricted_unpickler(runs, tmp_path):
     run = _copy(runs["fsdp"], tmp_path / "run")
     marker = tmp_path / "MARKER"
-    (_newest(run) / ".metadata").write_bytes(pickle.dumps(Payload(marker)))
+    dcp_metadata(_newest(run), marker)
     p = subprocess.run(cli("export", run, "--output", tmp_path / "oc"), cwd=ROOT, capture_output=True,
                        text=True, timeout=300)
     _assert_refused(p, marker, "posix.system")
@@ -105,27 +90,16 @@ def test_dcp_metadata_payload_in_an_fsdp_checkpoint_is_refused_by_the_restricted
 def test_train_state_payload_on_resume_of_a_copied_run_is_not_run(runs, tmp_path):
     run = _copy(runs["ddp"], tmp_path / "run")
     marker = tmp_path / "MARKER"
-    torch.save({"loader": Payload(marker), "rng": {}}, _newest(run) / "train_state_rank0.pt")
+    train_state(_newest(run), marker)
     p = _train(run, "train.samples=192", check=False)
     _assert_refused(p, marker, "train_state_rank0.pt", "posix.system")
     assert not list((run / "checkpoints").glob("unreadable_*"))
 
 
-def _fake_deepspeed_checkpoint(run: Path, marker: Path) -> Path:
-    """The newest checkpoint turned into a DeepSpeed one (meta.json says so) whose files carry a payload."""
-    ckpt = _newest(run)
-    (ckpt / "model_optim.pt").unlink()
-    (ckpt / "deepspeed").mkdir()
-    for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"):
-        torch.save({"module": Payload(marker)}, ckpt / "deepspeed" / name)
-    _edit_meta(ckpt, backend="deepspeed")
-    return ckpt
-
-
 def test_deepspeed_checkpoint_payload_via_export_needs_trust(runs, tmp_path):
     run = _copy(runs["ddp"], tmp_path / "run")
     marker = tmp_path / "MARKER"
-    _fake_deepspeed_checkpoint(run, marker)
+    deepspeed(_newest(run), marker)
     p = subprocess.run(cli("export", run, "--output", tmp_path / "oc"), cwd=ROOT, capture_output=True,
                        text=True, timeout=300)
     _assert_refused(p, marker, "--trust-checkpoint", "posix.system")
@@ -135,7 +109,7 @@ def test_deepspeed_checkpoint_payload_via_export_needs_trust(runs, tmp_path):
     assert marker.exists()
 
 
-def test_pipe_file_name_found_by_a_glob_is_a_path_not_a_command(tmp_path):
+def test_pipe_file_name_found_by_a_glob_is_a_path_not_a_command(tmp_path, monkeypatch):
     marker_name = "MARKER"
     evil = tmp_path / f"pipe:touch {marker_name};cat 00000.tar;.tar"
     evil.write_bytes(b"not a tar")
@@ -143,12 +117,9 @@ def test_pipe_file_name_found_by_a_glob_is_a_path_not_a_command(tmp_path):
                        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
                        text=True, timeout=300)
     _assert_refused(p, tmp_path / marker_name)
-    os.chdir(tmp_path)
-    try:
-        assert expand_shards("*.tar") == [f"./{evil.name}"]
-        assert expand_shards(".") == [f"./{evil.name}"]
-    finally:
-        os.chdir(ROOT)
+    monkeypatch.chdir(tmp_path)
+    assert expand_shards("*.tar") == [f"./{evil.name}"]
+    assert expand_shards(".") == [f"./{evil.name}"]
     assert expand_shards(str(tmp_path)) == [str(evil)]
     # Written in the spec itself, pipe: is still a command (the user asked for it).
     assert expand_shards("pipe:cat a.tar") == ["pipe:cat a.tar"]
@@ -160,10 +131,10 @@ def test_loader_is_chosen_from_the_files_not_from_meta(runs, tmp_path):
     ddp = _copy(runs["ddp"], tmp_path / "ddp")
     assert checkpoint_readers(_newest(ddp)) == ("single", "ddp")
     assert checkpoint_readers(_newest(runs["fsdp"])) == ("fsdp",)
-    _edit_meta(_newest(ddp), backend="fsdp")
+    claim_backend(_newest(ddp), "fsdp")
     with pytest.raises(UnsafeCheckpoint, match="meta.json says backend 'fsdp'"):
         checkpoint_readers(_newest(ddp))
-    _edit_meta(_newest(ddp), backend="ddp")
+    claim_backend(_newest(ddp), "ddp")
     shutil.copy(_newest(runs["fsdp"]) / ".metadata", _newest(ddp) / ".metadata")
     with pytest.raises(UnsafeCheckpoint, match="several checkpoint formats"):
         checkpoint_readers(_newest(ddp))
