@@ -71,6 +71,15 @@ def test_write_refreshes_a_stale_excerpt_in_place_and_keeps_its_ellipsis(tmp_pat
     assert ds.check(ds.parse(page), log=lambda *_: None) == []
 
 
+def test_write_fixes_several_samples_of_one_page_whose_lengths_change(tmp_path):
+    page = tmp_path / "p.md"
+    page.write_text("<!-- output: printf 'a\\nb\\nc\\n' -->\n```\nold\n```\nmiddle\n"
+                    "<!-- output: echo z -->\n```\nx\ny\n```\nend\n")
+    assert ds.check(ds.parse(page), write=True, log=lambda *_: None) == []
+    assert page.read_text() == ("<!-- output: printf 'a\\nb\\nc\\n' -->\n```\na\nb\nc\n```\nmiddle\n"
+                                "<!-- output: echo z -->\n```\nz\n```\nend\n")
+
+
 @pytest.mark.parametrize("sample", CHEAP, ids=[s.where for s in CHEAP])
 def test_sample_output_matches_its_command(sample):
     """A failure here means the doc is stale: `python -m tools.docs_samples --write` refreshes it

@@ -198,7 +198,7 @@ def selected(files, slow: bool) -> list:
 
 def check(samples, write: bool = False, timeout_s: float = 600, log=print) -> list:
     """Re-run each sample; returns the stale ones as (sample, diff). With write, rewrites them."""
-    stale = []
+    stale, edits = [], []
     for sample in samples:
         _, actual = run(sample.command, timeout_s)
         diff = compare(sample, actual)
@@ -208,9 +208,7 @@ def check(samples, write: bool = False, timeout_s: float = 600, log=print) -> li
         if write:
             new = refreshed(sample, actual)
             if new is not None:
-                lines = sample.path.read_text().split("\n")
-                lines[sample.first:sample.first + len(sample.lines)] = new
-                sample.path.write_text("\n".join(lines))
+                edits.append((sample, new))
                 log(f"wrote  {sample.where}: {sample.command}")
                 continue
             log(f"STALE  {sample.where}: the documented lines are no longer in the output; edit the block by hand")
@@ -218,6 +216,11 @@ def check(samples, write: bool = False, timeout_s: float = 600, log=print) -> li
             log(f"STALE  {sample.where}: {sample.command}")
         log(diff)
         stale.append((sample, diff))
+    # Bottom-up within each file, so a block that changes length does not move the ones still to write.
+    for sample, new in sorted(edits, key=lambda e: (str(e[0].path), -e[0].first)):
+        lines = sample.path.read_text().split("\n")
+        lines[sample.first:sample.first + len(sample.lines)] = new
+        sample.path.write_text("\n".join(lines))
     return stale
 
 
