@@ -10,7 +10,7 @@ import pytest
 from tools import docs_samples as ds
 
 ROOT = Path(__file__).resolve().parent.parent
-CHEAP = ds.selected(ds.doc_files(), slow=False)
+CHEAP = ds.runnable(ds.selected(ds.doc_files(), slow=False))
 
 
 def _sample(lines, flags=()):
@@ -23,6 +23,9 @@ def test_the_docs_hold_marked_samples_and_every_marker_parses():
     assert {s.path.name for s in CHEAP} >= {"README.md", "planning.md", "slurm.md"}
     for s in everything:
         assert s.lines, f"{s.where}: empty sample"
+        if "manual" in s.flags:   # names the test that produces and checks it
+            test_file = s.command.split("::")[0]
+            assert (ROOT / test_file).is_file() and s.command.split("::")[1] in (ROOT / test_file).read_text(), s.where
 
 
 def test_a_bad_marker_is_one_clear_error(tmp_path):

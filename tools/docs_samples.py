@@ -11,6 +11,9 @@ A sample output is a fenced block right after a marker line naming the command t
 
 Words between `output` and the colon are flags:
 - `slow`: the command trains or downloads; it is checked by `--check --slow`, not in the test suite.
+- `manual`: the output comes from a setup a command line cannot build (the Slurm test cluster,
+  a frozen rank); the "command" names the test that produces it and asserts its key lines. It is
+  listed, never run.
 - `shape`: the output holds measurements (times, losses, rates) that differ run to run; every
   number is compared as "a number", so the lines, words and order are checked, not the values.
 A line that is exactly `...` in the block stands for any number of output lines (the sample
@@ -23,6 +26,7 @@ The scratch directory and the interpreter are printed as /home/you/flip-scale an
     python -m tools.docs_samples --list            # every marked sample: file:line, flags, command
     python -m tools.docs_samples --check [--slow]  # re-run and compare; exit 1 naming each stale sample
     python -m tools.docs_samples --write [--slow]  # re-run and rewrite the stale samples in place
+    python -m tools.docs_samples --check --slow --match 'demo --quick'   # only commands containing the text
 
 tests/test_docs_samples.py runs `--check` on the samples without `slow`.
 """
@@ -47,7 +51,7 @@ MARKER = re.compile(r"^<!-- output(?P<flags>(?: [a-z]+)*): (?P<command>.+?) -->\
 ELLIPSIS = "..."
 # Numbers as they appear in outputs: 1,734 / 0.52x / 2.56e+21 / 22.7% / 2:47 (the unit stays).
 NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?(?:e[+-]?\d+)?")
-FLAGS = {"slow", "shape"}
+FLAGS = {"slow", "shape", "manual"}
 
 
 class DocsSampleError(Exception):
@@ -196,6 +200,10 @@ def selected(files, slow: bool) -> list:
     return [s for s in samples if slow or "slow" not in s.flags]
 
 
+def runnable(samples) -> list:
+    return [s for s in samples if "manual" not in s.flags]
+
+
 def check(samples, write: bool = False, timeout_s: float = 600, log=print) -> list:
     """Re-run each sample; returns the stale ones as (sample, diff). With write, rewrites them."""
     stale, edits = [], []
@@ -231,12 +239,13 @@ def main(argv=None) -> int:
     mode.add_argument("--check", action="store_true", help="re-run and compare; exit 1 when any is stale")
     mode.add_argument("--write", action="store_true", help="re-run and rewrite stale samples in place")
     ap.add_argument("--slow", action="store_true", help="include samples marked slow (training, downloads)")
+    ap.add_argument("--match", default="", help="only samples whose command contains this text")
     ap.add_argument("--timeout-s", type=float, default=1800, help="per command")
     ap.add_argument("files", nargs="*", type=Path, help="Markdown files (default: README.md and docs/*.md)")
     args = ap.parse_args(argv)
     files = [f.resolve() for f in args.files] or doc_files()
     try:
-        samples = selected(files, args.slow or args.list)
+        samples = [s for s in selected(files, args.slow or args.list) if args.match in s.command]
     except DocsSampleError as e:
         print(f"docs_samples: error: {e}", file=sys.stderr)
         return 2
@@ -244,7 +253,7 @@ def main(argv=None) -> int:
         for s in samples:
             print(f"{s.where}  [{' '.join(sorted(s.flags)) or 'exact'}]  {s.command}")
         return 0
-    stale = check(samples, write=args.write, timeout_s=args.timeout_s)
+    stale = check(runnable(samples), write=args.write, timeout_s=args.timeout_s)
     if stale:
         print(f"docs_samples: {len(stale)} of {len(samples)} sample(s) stale", file=sys.stderr)
         return 1
