@@ -115,10 +115,10 @@ def main_eval(argv: list[str]) -> int:
     import torch
 
     from ..distributed.env import cleanup, detect_env, init_distributed, select_device
-    from .common import ensemble_views
-    from .retrieval import evaluate_retrieval
     from ..inference import load_inference
     from ..safe_load import trust_checkpoints
+    from .common import ensemble_views
+    from .retrieval import evaluate_retrieval
     from .zeroshot import evaluate_zeroshot
 
     trust_checkpoints(args.trust_checkpoint)
