@@ -241,3 +241,17 @@ def test_run_dir_imports_nothing_of_the_package_and_models_nothing_from_data():
     assert _package_imports(ROOT / "flip_scale" / "run_dir.py") == set()
     for path in (ROOT / "flip_scale" / "models").glob("*.py"):
         assert not [m for m in _package_imports(path) if m.startswith("flip_scale.data")], path
+
+
+def test_a_legitimate_deepspeed_checkpoint_resumes_and_exports_under_the_allow_list(tmp_path):
+    """DeepSpeed's own loaders (engine resume, zero_to_fp32) run with torch.load forced to
+    weights_only: what our backend writes must pass the allow-list, without --trust-checkpoint."""
+    run = tmp_path / "ds"
+    _train(run, "parallel.backend=deepspeed")
+    p = _train(run, "parallel.backend=deepspeed", "train.samples=192")
+    assert "resumed from" in p.stdout + p.stderr
+    assert (run / "checkpoints" / "step_00000003" / "meta.json").is_file()
+    p = subprocess.run(cli("export", run, "--output", tmp_path / "oc"), cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout.splitlines()[-1])["checkpoint"].endswith("step_00000003")
