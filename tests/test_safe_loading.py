@@ -255,3 +255,15 @@ def test_a_legitimate_deepspeed_checkpoint_resumes_and_exports_under_the_allow_l
                        text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout.splitlines()[-1])["checkpoint"].endswith("step_00000003")
+
+
+def test_model_file_payload_is_refused_not_skipped_as_damaged(runs, tmp_path):
+    """A payload in model_optim.pt stops eval with one line; it is not passed over for an older
+    checkpoint as a truncated file would be."""
+    run = _copy(runs["ddp"], tmp_path / "run")
+    marker = tmp_path / "MARKER"
+    torch.save({"model": Payload(marker)}, _newest(run) / "model_optim.pt")
+    p = subprocess.run(cli("eval", run, "--zeroshot", runs["zs"], "--device", "cpu", "--no-progress"),
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    _assert_refused(p, marker, "model_optim.pt", "posix.system")
+    assert not (run / "eval").exists()
