@@ -76,7 +76,7 @@ def resolve_columns(cfg: DownloadConfig) -> tuple[DownloadConfig, list[str]]:
     for name in ("url_col", "caption_col", "nsfw_col", "punsafe_col", "similarity_col", "bbox_col"):
         if getattr(cfg, name) is None:
             cfg = replace(cfg, **{name: getattr(preset, name)})
-            said.append(f"{name}={getattr(cfg, name)}")
+            said.append(f"{name}={getattr(cfg, name) or '(none)'}")
     if cfg.bbox_col == "":
         cfg = replace(cfg, bbox_col=None)
     return cfg, said
