@@ -57,13 +57,18 @@ def reference(tmp_path_factory):
 
 
 def _spark_env(tmp_path) -> dict:
-    """Small JVMs (a 2-core shared machine) and loopback only."""
+    """Small JVMs (a 2-core shared machine) and loopback only. PYSPARK_PYTHON is left unset and
+    this interpreter's folder off PATH: Spark's Python workers then find only a `python3`
+    without img2dataset, unless the download points them at this interpreter."""
     conf = tmp_path / "spark-conf"
     conf.mkdir(exist_ok=True)
     (conf / "spark-defaults.conf").write_text(
         "spark.driver.memory 512m\nspark.executor.memory 512m\nspark.executor.cores 1\n")
-    return dict(os.environ, SPARK_CONF_DIR=str(conf), SPARK_LOCAL_IP="127.0.0.1", SPARK_DAEMON_MEMORY="256m",
-                SPARK_LOG_DIR=str(tmp_path / "spark-logs"), PYSPARK_PYTHON=sys.executable,
+    env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")}
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                           if p and not p.startswith(sys.prefix))
+    return dict(env, PATH=path, SPARK_CONF_DIR=str(conf), SPARK_LOCAL_IP="127.0.0.1", SPARK_DAEMON_MEMORY="256m",
+                SPARK_LOG_DIR=str(tmp_path / "spark-logs"),
                 PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
