@@ -240,3 +240,13 @@ def test_shard_names_have_the_digits_the_whole_input_needs():
     # LAION-2B at 10,000 a shard: 232,200 shards -> 000000..232199, the recipes' pattern.
     assert shard_name_digits(232_200) == 6 and shard_name_digits(100_000) == 5
     assert shard_name_digits(100_001) == 6 and shard_name_digits(1) == 5
+
+
+def test_spark_master_from_flag_then_environment_then_local_mode(monkeypatch):
+    from flip_scale.data.spark import resolve_master
+
+    monkeypatch.delenv("SPARK_MASTER_URL", raising=False)
+    assert resolve_master(None, 4) == "local[4]"
+    monkeypatch.setenv("SPARK_MASTER_URL", "spark://head:7077")
+    assert resolve_master(None, 4) == "spark://head:7077"
+    assert resolve_master("spark://other:7077", 4) == "spark://other:7077"

@@ -36,9 +36,8 @@ def spark_session(master: str, app_name: str = "flip-scale-download",
 
     Created inside the download call, never at import: img2dataset starts its logger with the
     `spawn` method, which re-imports the main module in a fresh interpreter."""
+    # Read by SparkContext when it starts and sent with every Python task (local mode too).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    # The driver's Python for local-mode workers and `spark-submit`; same interpreter.
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.master(master).appName(app_name)
