@@ -250,3 +250,21 @@ def test_spark_master_from_flag_then_environment_then_local_mode(monkeypatch):
     monkeypatch.setenv("SPARK_MASTER_URL", "spark://head:7077")
     assert resolve_master(None, 4) == "spark://head:7077"
     assert resolve_master("spark://other:7077", 4) == "spark://other:7077"
+
+
+def test_an_img2dataset_error_does_not_leave_its_logger_process_behind(tmp_path):
+    """img2dataset starts its (non-daemon) logger before it picks the distributor; an error after
+    that would otherwise keep our interpreter waiting at exit."""
+    import multiprocessing
+
+    from img2dataset import download as img2dataset_download
+
+    from flip_scale.data.download import _run_img2dataset
+
+    meta = _parquet(tmp_path / "m.parquet", url=["http://127.0.0.1:9/x.jpg"], caption=["t"])
+    with pytest.raises(ValueError, match="Distributor bogus not supported"):
+        _run_img2dataset(img2dataset_download, dict(
+            url_list=meta, input_format="parquet", url_col="url", caption_col="caption",
+            output_folder=str(tmp_path / "out"), output_format="webdataset", distributor="bogus",
+            enable_wandb=False))
+    assert not [c for c in multiprocessing.active_children() if type(c).__name__ == "LoggerProcess"]

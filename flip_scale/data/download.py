@@ -361,9 +361,16 @@ def download(cfg: DownloadConfig, quiet: bool = False) -> dict:
             if not quiet:
                 print(f"spark: {spark.sparkContext.applicationId} on {master} "
                       f"(PYSPARK_PYTHON={os.environ['PYSPARK_PYTHON']})", flush=True)
-            img2dataset_download(**kwargs)
+            try:
+                _run_img2dataset(img2dataset_download, kwargs)
+            except Exception as e:  # noqa: BLE001 - a Spark job aborted (e.g. executors lost
+                # past spark.task.maxFailures): the shards it did not finish are counted below
+                # as failed, and the exit status says so.
+                first = (str(e).strip().splitlines() or [""])[0][:300]
+                print(f"spark: the job aborted ({type(e).__name__}: {first}); finished shards are kept",
+                      flush=True)
     else:
-        img2dataset_download(**kwargs)
+        _run_img2dataset(img2dataset_download, kwargs)
     manifest = summarize_shards(output)
     failed, failed_rows = _failed_shards(manifest, rows_per_part, cfg.samples_per_shard, digits)
     manifest.update({
@@ -382,6 +389,22 @@ def download(cfg: DownloadConfig, quiet: bool = False) -> dict:
             f"listed under failed_shards in {manifest_path}, img2dataset's errors above); "
             f"rerun the same command to retry them")
     return manifest
+
+
+def _run_img2dataset(img2dataset_download, kwargs: dict) -> None:
+    """img2dataset.download, without leaving its logger behind when it raises: the logger is a
+    non-daemon spawned process that stops only when download() reaches logger_process.join(),
+    so after an exception our interpreter would wait for it forever at exit."""
+    import multiprocessing
+
+    try:
+        img2dataset_download(**kwargs)
+    except BaseException:
+        for child in multiprocessing.active_children():
+            if type(child).__name__ == "LoggerProcess":
+                child.terminate()
+                child.join(10)
+        raise
 
 
 def _link_inputs(files: list[str], meta_dir: str) -> str:

@@ -41,12 +41,9 @@ def spark_session(master: str, app_name: str = "flip-scale-download",
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.master(master).appName(app_name)
-    settings = {
-        # One failed shard is img2dataset's to retry (max_shard_retry), not Spark's: a task
-        # returns (False, row) instead of raising, so Spark's own retries never trigger anyway.
-        "spark.task.maxFailures": "1",
-        "spark.ui.showConsoleProgress": "false",
-    }
+    # A shard that fails inside img2dataset is its to retry (the task returns (False, row));
+    # Spark's own task retries (spark.task.maxFailures) cover lost executors and stay on.
+    settings = {"spark.ui.showConsoleProgress": "false"}
     settings.update(conf or {})
     for key, value in settings.items():
         builder = builder.config(key, value)
