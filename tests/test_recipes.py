@@ -307,3 +307,15 @@ def test_header_command_names_real_files_and_the_headers_hardware(path):
     else:
         return  # an evaluation command (Table 1d): no job of its own
     assert hardware and nodes == int(hardware.group(1)), f"{path.name}: command runs on {nodes} nodes"
+
+
+def test_the_fidelity_page_shows_what_print_config_prints():
+    """docs/fidelity.md's sample output is the recipe's: a changed length breaks this test."""
+    from flip_scale.config import dump_config
+
+    page = (ROOT / "docs/fidelity.md").read_text()
+    cfg = load_recipe(ROOT / "recipes/flip/l16_laion400m.yaml", check_files=False)
+    printed = dump_config(cfg)
+    for key in ("global_batch_size", "samples", "warmup_samples"):
+        line = next(x for x in printed.splitlines() if x.startswith(f"  {key}:"))
+        assert f"\n{line}\n" in page, line
