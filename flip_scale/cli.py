@@ -34,6 +34,8 @@ def cmd_train(args) -> int:
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0
+    from .fileio import STORAGE_EXIT_CODE, StorageError
+    from .run_lock import RunLocked
     from .train.preemption import PREEMPTED_EXIT_CODE, Preempted
     from .train.trainer import NonFiniteLoss, run_training
 
@@ -41,6 +43,14 @@ def cmd_train(args) -> int:
         run_training(cfg)
     except Preempted:
         return PREEMPTED_EXIT_CODE
+    except RunLocked as e:
+        # Another run holds out_dir: retrying (a requeue) cannot help while it runs. Every rank
+        # raises rank 0's line; rank 0 prints it.
+        return _error(str(e)) if denv.is_main else 2
+    except StorageError as e:
+        # Disk full / read-only: STORAGE_EXIT_CODE, which slurm/common.sh does not requeue.
+        _error(str(e))
+        return STORAGE_EXIT_CODE
     except NonFiniteLoss as e:
         return _error(str(e)) if denv.is_main else 2
     except (ConfigError, ValueError, FileNotFoundError) as e:
