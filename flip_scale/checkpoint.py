@@ -310,6 +310,7 @@ class Checkpointer:
         self.blocked_s: list[float] = []  # seconds training waited per save (bench, metrics)
         self._pending: Future | None = None
         self._pending_step: tuple[int, Path] | None = None
+        self.last_step: int | None = None  # step of the newest save this process made
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="ckpt-publish") if self.async_mode else None
         self._async_ctx = backend.async_save_context() if self.async_mode else None
 
@@ -355,6 +356,7 @@ class Checkpointer:
             self._pending = self._executor.submit(self._finish_async, upload, tmp, final, meta)
             self._pending_step = (step, tmp)
         self.last_save_time = time.time()
+        self.last_step = step
         self.blocked_s.append(time.time() - t0)
         return final
 

@@ -19,7 +19,7 @@ from .schema import Config
 
 # model.* is taken whole except these: they change evaluation only, not what training does.
 MODEL_KEYS_THAT_MAY_CHANGE = ("eval_mask_ratio",)
-DATA_KEYS = ("train_shards", "dataset", "image_size", "text_cls_token", "synthetic_samples", "resampled", "epochs")
+DATA_KEYS = ("train_shards", "dataset", "image_size", "text_cls_token", "synthetic_samples", "resampled")
 TRAIN_KEYS = ("global_batch_size", "samples", "base_lr", "warmup_samples", "weight_decay", "beta1", "beta2", "eps",
               "seed")
 VOCAB_KEY = "data.tokenizer_vocab_sha256"

@@ -25,14 +25,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..checkpoint import RUN_CONFIG, Checkpointer, ResumeMismatch, find_latest, read_full_weights, resolve_checkpoint
+from ..checkpoint import RUN_CONFIG, Checkpointer, step_name, ResumeMismatch, find_latest, read_full_weights, resolve_checkpoint
 from ..config import Config, validate, write_config
 from ..config.fingerprint import run_fingerprint, vocab_hash
 from ..data.loader import build_train_loader
 from ..data.tokenizer import load_tokenizer
 from ..distributed.backends import get_backend_class
 from ..distributed.env import DistEnv, cleanup, detect_env, init_distributed, select_device, set_collective_timeout
-from ..distributed.collectives import broadcast_object
+from ..distributed.collectives import any_rank, broadcast_object
 from ..distributed.stragglers import StragglerMonitor
 from ..fileio import StorageError, probe_writable, write_text_atomic
 from ..host_memory import apply_host_malloc
@@ -50,7 +50,7 @@ from .gc_control import GcControl
 from .step import TrainStep, nan_steps_from_env
 from .watchdog import Watchdog
 
-__all__ = ["Trainer", "run_training", "NonFiniteLoss", "ResumeMismatch"]
+__all__ = ["Trainer", "run_training", "NonFiniteLoss", "ResumeMismatch", "DataExhausted"]
 
 LOCKED = "locked"
 
@@ -99,6 +99,10 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(cfg.train.seed)  # identical init on every rank
+        self.finite_data = (cfg.data.train_shards != "synthetic" and not cfg.data.resampled
+                            and cfg.data.epochs is not None)
+        if self.finite_data:
+            check_known_sample_count(cfg)
         self.tokenizer = load_tokenizer(cfg.data.tokenizer, cfg.model.text_length, cfg.data.text_cls_token)
         # The loader comes before the model: a recipe pointing at no shards fails in seconds.
         try:
@@ -213,7 +217,7 @@ class Trainer:
         try:
             while state.step < total_steps:
                 t_data = time.time()
-                batch = next(it)
+                batch = self._next_batch(it)
                 self.logger.add_data_wait(time.time() - t_data)
                 lr = lr_at(state.samples_seen, cfg.peak_lr, cfg.train.warmup_samples, cfg.train.samples)
                 loss, grad_norm = self.train_step(batch, state.step, lr)
@@ -243,6 +247,16 @@ class Trainer:
                     raise Preempted(state.step)
             with self.watchdog.phase("checkpoint write", phase_s):
                 self.checkpointer.finalize()
+        except DataExhausted as e:
+            # Finite data (data.epochs) ended before train.samples: keep what was trained, then
+            # one line; a requeue would end the same way.
+            if state.step > 0 and self.checkpointer.last_step != state.step:
+                self.checkpointer.save(state.step)
+            self.checkpointer.finalize()
+            saved = (f"checkpoint {self.run_dir.checkpoints / step_name(state.step)} saved" if state.step
+                     else "nothing trained, no checkpoint")
+            raise DataExhausted(f"{e} at step {state.step} of {total_steps} ({state.samples_seen} of train.samples "
+                                f"{cfg.train.samples}); {saved}; raise data.epochs or lower train.samples") from None
         except NonFiniteLoss as e:
             # Diverged, not a bad batch: stop WITHOUT saving, so `latest` keeps naming the last
             # checkpoint written before the trouble began (an asynchronous one is finished first).
@@ -270,6 +284,17 @@ class Trainer:
         summary = self._write_summary()
         self.watchdog.stop()
         return summary
+
+    def _next_batch(self, it):
+        """The next batch. With finite data every rank agrees each step whether some rank's data
+        ended (one all-reduce per step, only in exact-epoch mode), so none enters a step's
+        collectives alone."""
+        if not self.finite_data:
+            return next(it)
+        batch = next(it, None)
+        if any_rank(torch.tensor([float(batch is None)]))[0]:
+            raise DataExhausted(f"data.epochs: the data ({self.cfg.data.epochs} epoch(s) of data.train_shards) ran out")
+        return batch
 
     def _eval_due(self, last: bool) -> bool:
         e = self.cfg.eval
@@ -320,6 +345,29 @@ class Trainer:
                 write_text_atomic(self.run_dir.eval_result(name), json.dumps(result, indent=1))
             write_text_atomic(self.run_dir.summary, json.dumps(summary, indent=1))
         return summary
+
+
+class DataExhausted(ValueError):
+    """Finite data (data.epochs) ended before train.samples; str() is the one line to print."""
+
+
+def check_known_sample_count(cfg: Config) -> None:
+    """Refuse before training when finite data is known to hold fewer samples than train.samples:
+    known = data.train_shards is (or is a directory holding) the manifest.json `prep download`
+    writes, whose `samples` counts the shards' samples. Unknown counts are found out at the end."""
+    from ..data.download import MANIFEST
+
+    spec = cfg.data.train_shards
+    path = Path(spec) / MANIFEST if os.path.isdir(spec) else Path(spec)
+    if path.name != MANIFEST or not path.is_file():
+        return
+    try:
+        available = int(json.loads(path.read_text())["samples"]) * cfg.data.epochs
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if available < cfg.train.samples:
+        raise DataExhausted(f"data.epochs: {cfg.data.epochs} epoch(s) of {path} hold {available} samples, fewer than "
+                            f"train.samples {cfg.train.samples}; raise data.epochs or lower train.samples")
 
 
 def _looks_like_collective_failure(e: Exception) -> bool:
