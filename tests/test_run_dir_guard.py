@@ -69,9 +69,12 @@ def test_a_second_train_on_the_same_out_dir_is_refused_naming_the_first(tmp_path
     t0 = time.time()
     subprocess.run(train_args(run, "--print-config"), cwd=ROOT, capture_output=True, timeout=300, check=True)
     startup = time.time() - t0
+    # A checkpoint every step, each held 3 s before publishing (the fault-injection delay): the
+    # first run lasts over a minute however fast the machine, so it is surely still running.
     first = subprocess.Popen(train_args(run, "train.samples=1280", "train.log_every_steps=1",
-                                        "checkpoint.every_steps=5"),
-                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                        "checkpoint.every_steps=1", "checkpoint.keep=1"),
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "FLIP_SCALE_TEST_SAVE_DELAY_S": "3"})
     wait_for(lambda: read_metrics(run), procs=[first], timeout=300, poll=0.1)  # training, lock held
     t0 = time.time()
     second = _train(run, "train.seed=1", "model.mask_ratio=0.75", timeout=300)
