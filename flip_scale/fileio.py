@@ -32,7 +32,7 @@ class StorageError(Exception):
     """The run directory's storage refuses a write; str() is the one line the CLI prints."""
 
 
-_STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
                    errno.EROFS: "read-only filesystem", errno.EACCES: "permission denied",
                    errno.EPERM: "operation not permitted"}
 
@@ -47,8 +47,8 @@ def storage_problem(exc: BaseException, path: str | os.PathLike) -> str | None:
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
-            return _STORAGE_ERRNOS[e.errno]
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+            return STORAGE_ERRNOS[e.errno]
         for inner in getattr(e, "failures", {}).values() if isinstance(getattr(e, "failures", None), dict) else ():
             found = storage_problem(inner[0] if isinstance(inner, tuple) else inner, path)
             if found:
@@ -89,7 +89,7 @@ def probe_writable(folder: str | os.PathLike, what: str) -> None:
         finally:
             os.close(fd)
     except OSError as e:
-        why = _STORAGE_ERRNOS.get(e.errno, e.strerror or str(e))
+        why = STORAGE_ERRNOS.get(e.errno, e.strerror or str(e))
         raise StorageError(f"{what} {folder} is not writable ({why})") from None
     finally:
         try:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from ftutil import finish, read_metrics, train_args, wait_for
+from ftutil import finish, launch_ranks, read_metrics, train_args, wait_for
 
 # One line per failure: flip-scale's own error line, no traceback.
 def _error_lines(stderr: str) -> list[str]:
@@ -91,6 +91,27 @@ def test_a_second_train_on_the_same_out_dir_is_refused_naming_the_first(tmp_path
     assert "mask_ratio: 0.5" in (run / "config.yaml").read_text()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["mask_ratio"] == 0.5 and summary["steps"] == 20 and summary["resumed_at_step"] == 0
+
+
+@pytest.mark.slow
+def test_every_rank_of_a_refused_start_exits_with_rank_0s_error(tmp_path):
+    """Rank 0 cannot lock: the other ranks learn it right after the rendezvous and exit 2 too,
+    instead of waiting in a collective rank 0 never joins; nothing is written."""
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from flip_scale.run_lock import RunLock; "
+                               "lock = RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(300)",
+                               str(run)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        results = finish(launch_ranks(run, 2, ["parallel.backend=ddp", "train.samples=640"]), timeout=240)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [rc for rc, _ in results] == [2, 2], [err[-2000:] for _, err in results]
+    line, = _error_lines(results[0][1])
+    assert f"pid={holder.pid}" in line and "in use by another training run" in line
+    assert _error_lines(results[1][1]) == []  # one line for the job, from rank 0
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]
 
 
 # -- resume only what the config says -----------------------------------------------------------

@@ -25,14 +25,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..checkpoint import RUN_CONFIG, Checkpointer, step_name, ResumeMismatch, find_latest, read_full_weights, resolve_checkpoint
+from ..checkpoint import (RUN_CONFIG, Checkpointer, ResumeMismatch, find_latest, read_full_weights,
+                          resolve_checkpoint, step_name)
 from ..config import Config, validate, write_config
 from ..config.fingerprint import run_fingerprint, vocab_hash
 from ..data.loader import build_train_loader
 from ..data.tokenizer import load_tokenizer
 from ..distributed.backends import get_backend_class
-from ..distributed.env import DistEnv, cleanup, detect_env, init_distributed, select_device, set_collective_timeout
 from ..distributed.collectives import any_rank, broadcast_object
+from ..distributed.env import DistEnv, cleanup, detect_env, init_distributed, select_device, set_collective_timeout
 from ..distributed.stragglers import StragglerMonitor
 from ..fileio import StorageError, probe_writable, write_text_atomic
 from ..host_memory import apply_host_malloc
