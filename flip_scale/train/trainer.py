@@ -29,6 +29,7 @@ from ..checkpoint import (RUN_CONFIG, Checkpointer, ResumeMismatch, find_latest,
                           resolve_checkpoint, step_name)
 from ..config import Config, validate, write_config
 from ..config.fingerprint import run_fingerprint, vocab_hash
+from ..data.finite import DataExhausted, check_known_sample_count
 from ..data.loader import build_train_loader
 from ..data.tokenizer import load_tokenizer
 from ..distributed.backends import get_backend_class
@@ -103,7 +104,7 @@ class Trainer:
         self.finite_data = (cfg.data.train_shards != "synthetic" and not cfg.data.resampled
                             and cfg.data.epochs is not None)
         if self.finite_data:
-            check_known_sample_count(cfg)
+            check_known_sample_count(cfg.data.train_shards, cfg.data.epochs, cfg.train.samples)
         self.tokenizer = load_tokenizer(cfg.data.tokenizer, cfg.model.text_length, cfg.data.text_cls_token)
         # The loader comes before the model: a recipe pointing at no shards fails in seconds.
         try:
@@ -346,29 +347,6 @@ class Trainer:
                 write_text_atomic(self.run_dir.eval_result(name), json.dumps(result, indent=1))
             write_text_atomic(self.run_dir.summary, json.dumps(summary, indent=1))
         return summary
-
-
-class DataExhausted(ValueError):
-    """Finite data (data.epochs) ended before train.samples; str() is the one line to print."""
-
-
-def check_known_sample_count(cfg: Config) -> None:
-    """Refuse before training when finite data is known to hold fewer samples than train.samples:
-    known = data.train_shards is (or is a directory holding) the manifest.json `prep download`
-    writes, whose `samples` counts the shards' samples. Unknown counts are found out at the end."""
-    from ..data.download import MANIFEST
-
-    spec = cfg.data.train_shards
-    path = Path(spec) / MANIFEST if os.path.isdir(spec) else Path(spec)
-    if path.name != MANIFEST or not path.is_file():
-        return
-    try:
-        available = int(json.loads(path.read_text())["samples"]) * cfg.data.epochs
-    except (OSError, ValueError, KeyError, TypeError):
-        return
-    if available < cfg.train.samples:
-        raise DataExhausted(f"data.epochs: {cfg.data.epochs} epoch(s) of {path} hold {available} samples, fewer than "
-                            f"train.samples {cfg.train.samples}; raise data.epochs or lower train.samples")
 
 
 def _looks_like_collective_failure(e: Exception) -> bool:
