@@ -182,6 +182,11 @@ def test_a_resume_that_changes_only_intervals_goes_on(finished_run, tmp_path):
                "data.workers=1", "parallel.timeout_s=100")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from" in r.stderr and "log_every_steps: 2" in (run / "config.yaml").read_text()
+    # Lines said before the run directory was claimed (the checkpointer's notice) still reach the
+    # rank's log file, ahead of the later ones.
+    log = (run / "logs" / "rank0.log").read_text().split("\n")
+    notice = max(i for i, line in enumerate(log) if "saves synchronously" in line)
+    assert notice < max(i for i, line in enumerate(log) if "resumed from" in line)
 
 
 # -- failing cleanly ----------------------------------------------------------------------------

@@ -16,11 +16,12 @@ Host syncs of a run (everything else stays queued on the device):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
 import time
-from pathlib import Path
+from logging.handlers import MemoryHandler
 
 import torch
 import torch.distributed as dist
@@ -360,11 +361,21 @@ def run_training(cfg: Config) -> dict:
     denv = detect_env()
     # Rank 0 prints progress; other ranks print only warnings and errors, prefixed with rank and
     # host; every rank keeps everything in RUN/logs/rank<N>.log.
-    # every rank keeps everything in RUN/logs/rank<N>.log, opened once the run directory is this
-    # run's (a refused start writes nothing there).
+    # every rank keeps everything in RUN/logs/rank<N>.log. The file opens once the run directory
+    # is this run's (a refused start writes nothing there); lines said before that are held in
+    # memory and written first.
     logger = setup_rank_logging(None, denv.rank)
+    early = MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
+    logger.addHandler(early)
+
+    def open_log_file():
+        setup_rank_logging(cfg.train.out_dir, denv.rank)
+        early.setTarget(next(h for h in logger.handlers if isinstance(h, logging.FileHandler)))
+        early.flush()
+        logger.removeHandler(early)
+
     trainer = Trainer(cfg, denv, log=logger.info, rank_filtered_log=True)
-    trainer.on_run_dir_claimed = lambda: setup_rank_logging(cfg.train.out_dir, denv.rank)
+    trainer.on_run_dir_claimed = open_log_file
     finished = False
     try:
         trainer.setup()
@@ -376,4 +387,7 @@ def run_training(cfg: Config) -> dict:
             trainer.watchdog.stop()
         cleanup(synchronize=finished)
         trainer.close()
+        logger.removeHandler(early)
+        early.setTarget(None)
+        early.close()
         close_rank_logging()
