@@ -6,6 +6,7 @@ Every error is a ConfigError whose message is one line naming the key and where 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from pathlib import Path
@@ -186,9 +187,24 @@ def validate(cfg: Config, world_size: int | None = None, check_files: bool = Tru
     def fail(key: str, msg: str):
         raise ConfigError(f"{_where(cfg, key)}: {key}: {msg}")
 
+    for key, value in _float_leaves(cfg):
+        if not math.isfinite(value):
+            # NaN passes every `< 0` / `<= 0` test below and trains NaN weights; inf likewise.
+            fail(key, f"must be a finite number, got {value}")
     ctx = CheckContext(cfg, world_size, check_files)
     for section in (cfg.model, cfg.data, cfg.train, cfg.checkpoint, cfg.parallel, cfg.eval):
         section.check(fail, ctx)
+
+
+def _float_leaves(cfg, prefix: str = ""):
+    """(dotted key, value) of every float field of the config tree."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        key = f"{prefix}{recipe_key(f)}"
+        if dataclasses.is_dataclass(value):
+            yield from _float_leaves(value, key + ".")
+        elif isinstance(value, float):
+            yield key, value
 
 
 def config_to_dict(cfg) -> dict:
@@ -220,4 +236,12 @@ def read_run_config(run_dir: str | os.PathLike) -> Config:
     path = RunDir(run_dir).config
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no {CONFIG})")
-    return config_from_dict(yaml.safe_load(path.read_text()) or {}, str(path))
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:  # a hand-edited or truncated file: one line, not a traceback
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ValueError(f"{path}:{where} not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a resolved config (a mapping of sections), got {type(data).__name__}")
+    return config_from_dict(data, str(path))
