@@ -1,6 +1,6 @@
 """Our training step against open_clip's on the same architecture, alternating in one process.
 
-    python bench/bench_vs_openclip.py [--trials 5] [--steps 1] [--json] [--write]
+    python bench/bench_vs_openclip.py [--threads all,1] [--trials 5] [--steps 1] [--json] [--write]
 
 Ours: the trainer's step through the `single` backend (bench/engine_loop.py's Engine, the
 trainer's TrainStep: masks from the data positions, forward, losses, backward, gradient norm and
@@ -13,17 +13,24 @@ Same architecture on both sides: vit_b16 towers (ViT-B/16 image, 12x512 text), 1
 patches), batch 32, text length 32, our vocabulary (30523), fp32, CPU. open_clip is set up as
 close to FLIP as its config allows: bidirectional text with first-token pooling, fixed sin-cos
 image positions, no pre-LayerNorm, average pooling. The two engines alternate (order flipped
-every trial) at each mask ratio, step by step, so load from other jobs hits both alike. Times
-are the process's CPU time per step with one intra-op thread (on a shared machine wall time
-mostly measures the scheduler; wall times are printed beside them). The reported ratio is the
-median over trials of open_clip's step time / ours (> 1: ours is faster).
+every trial) at each mask ratio, step by step, so load from other jobs hits both alike.
+
+One table per intra-op thread count, in one invocation: by default every available core (what
+users train with), then one thread (issue 23). With one thread the ratios use the process's CPU
+time per step (on a shared machine wall time mostly measures the scheduler); with several, wall
+time (what a user waits for: CPU time would add up every thread's work and spin-waiting, and
+would hide an op that leaves the other cores idle). The other measure is printed beside it. The
+reported ratio is the median over trials of open_clip's step time / ours (> 1: ours is faster).
+Each masked row also gives FLIP's speed-up against both unmasked steps of the same table, ours
+and open_clip's: a speed-up against a slow baseline of one's own would flatter it.
 The process runs with the trainer's CPU host-malloc setting (train.host_malloc auto: freed memory
 kept for the next step instead of trimmed and page-faulted in again; flip_scale/host_memory.py).
 It is process-wide, so open_clip's step gets it too; `--host-malloc default` measures both
 under glibc's own trimming instead.
-`--json` prints only one JSON line (per-mask rows and `speed_ratio` by mask);
-`--profile MASK` instead prints torch.profiler's top ops of one step of each; `--optimizers`
-instead times torch's AdamW implementations (loop, foreach, fused) on our parameters.
+`--json` prints only one JSON line (a table per thread count under "tables"; "speed_ratio" by
+thread count, then by mask); `--profile MASK` instead times both engines' steps op by op at each
+thread count, side by side (bench/op_times.py: by phase, then by op); `--optimizers` instead
+times torch's AdamW implementations (loop, foreach, fused) on our parameters.
 `--write` replaces the "## Ours vs open_clip (CPU)" section of BENCHMARKS.md with this run.
 """
 from __future__ import annotations

@@ -94,8 +94,10 @@ def test_step_phases_and_mask_zero_runs_no_masking():
     # non-finite test a handful of multi-tensor calls, not one call per parameter.
     opt = by_key([c for c in calls if c.phase == "optimizer"], "name")
     assert opt["_fused_adamw_"]["count"] == 2
-    norm = [c for c in calls if c.phase == "norm/clip"]
-    assert len(norm) <= 12, [c.name for c in norm]
+    # (16 calls on torch 2.14 for the 72 tensors of tiny: _foreach_norm, stack, the norm, the clip
+    # coefficient, _foreach_mul_, isfinite's pieces, the cast.)
+    norm = [c.name for c in calls if c.phase == "norm/clip"]
+    assert "_foreach_norm" in norm and len(norm) <= 20, norm
 
 
 def test_min_over_steps_and_side_by_side():
