@@ -193,8 +193,8 @@ def format_plan(plan: dict) -> str:
         f"(unmasked: {c['unmasked_gpu_days']:,.0f} GPU-days)",
         # Issue 23: a speed-up is only as honest as its baseline. This one is a FLOPs ratio at one
         # assumed MFU; a slow unmasked step would flatter a measured one.
-        "  (baseline: this recipe at mask 0 with the same engine and MFU, i.e. a FLOPs ratio; measured"
-        " steps against open_clip's unmasked step: BENCHMARKS.md, bench/bench_vs_openclip.py)",
+        "  (baseline: this recipe at mask 0, same engine and MFU: a FLOPs ratio; measured against"
+        " open_clip's unmasked step: BENCHMARKS.md)",
         f"  (with checkpointing {'off' if ck else 'on'}: {plan['compute_other_checkpointing']['gpu_days']:,.0f} GPU-days)",
         "",
         f"memory per GPU (GB), {local} samples per GPU = {plan['global_batch_size']} / {plan['world_size']} GPUs"
