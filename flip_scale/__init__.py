@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 
 def load_checkpoint(path, device="cpu"):
     """(model, tokenizer, transform) from a run directory or checkpoint, whichever backend saved it."""
-    from .run_dir import load_for_inference
+    from .inference import load_for_inference
 
     return load_for_inference(path, device=device)
 

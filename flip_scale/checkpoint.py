@@ -31,6 +31,7 @@ import torch.distributed as dist
 
 from .distributed.collectives import any_rank, barrier
 from .fileio import StorageError, storage_problem, write_text_atomic
+from .safe_load import UnsafeCheckpoint, load_state, save_state
 
 META = "meta.json"
 LATEST = "latest"
@@ -164,8 +165,8 @@ def save_failure(error: BaseException | None, why: str | None, storage_anywhere:
 
 
 def _save_rank_state(folder: Path, rank_state: dict) -> None:
-    path = folder / f"train_state_rank{_rank()}.pt"
-    torch.save(rank_state, path)
+    # JSON + tensors, never a pickle of objects: it must load with weights_only (safe_load.py).
+    save_state(rank_state, folder / f"train_state_rank{_rank()}.pt")
 
 
 # Which files of a checkpoint folder a rank wrote (so it fsyncs its own, not the whole node's
@@ -226,7 +227,7 @@ def load_rank_state(ckpt: Path, rank: int) -> dict | None:
     path = Path(ckpt) / f"train_state_rank{rank}.pt"
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return load_state(path)  # weights_only; reads this project's earlier pickled format too
 
 
 def read_meta(ckpt: Path) -> dict:
@@ -245,12 +246,47 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     raise FileNotFoundError(f"{path}: no complete checkpoint found (expected RUN_DIR/checkpoints/step_*/meta.json)")
 
 
+def checkpoint_candidates(path: str | os.PathLike) -> list[Path]:
+    """What inference may load, newest first: one checkpoint folder as given, or every complete
+    checkpoint of a run directory / checkpoints folder (loading falls back along the list)."""
+    p = Path(path)
+    if (p / META).is_file():
+        return [p]
+    for root in (p / "checkpoints", p):
+        found = list(complete_checkpoints(root, log=lambda m: print(m, file=sys.stderr))) if root.is_dir() else []
+        if found:
+            return found
+    raise FileNotFoundError(f"{path}: no complete checkpoint found (expected RUN_DIR/checkpoints/step_*/meta.json)")
+
+
+def checkpoint_readers(ckpt: Path) -> tuple[str, ...]:
+    """Which backend's loader reads this checkpoint, from the files it holds, never from
+    meta.json's word alone (an edited meta.json must not pick a loader for files it does not
+    describe). A folder holding two formats' files, or files that disagree with meta.json, is
+    refused: neither happens to a checkpoint this project wrote."""
+    from .distributed.backends import CHECKPOINT_FILES
+
+    ckpt = Path(ckpt)
+    found = {fmt: names for fmt, (marker, names) in CHECKPOINT_FILES.items() if (ckpt / marker).exists()}
+    files = ", ".join(CHECKPOINT_FILES[f][0] for f in found)
+    if not found:
+        raise FileNotFoundError(f"{ckpt}: no model files ({', '.join(m for m, _ in CHECKPOINT_FILES.values())})")
+    if len(found) > 1:
+        raise UnsafeCheckpoint(f"{ckpt}: refusing to load: it holds the files of several checkpoint formats "
+                               f"({files}); a flip-scale checkpoint has one")
+    fmt, names = next(iter(found.items()))
+    claimed = read_meta(ckpt).get("backend")
+    if claimed is not None and claimed not in names:
+        raise UnsafeCheckpoint(f"{ckpt}: refusing to load: meta.json says backend {claimed!r} but the files "
+                               f"({files}) are a {'/'.join(names)} checkpoint")
+    return names
+
+
 def read_full_weights(ckpt: Path) -> dict:
     """Unsharded model weights from any backend's checkpoint, on one process."""
     from .distributed.backends import get_backend_class
 
-    meta = read_meta(ckpt)
-    return get_backend_class(meta.get("backend", "single")).read_full_weights(Path(ckpt))
+    return get_backend_class(checkpoint_readers(ckpt)[0]).read_full_weights(Path(ckpt))
 
 
 # meta.json's record of the run-defining keys (flip_scale/config/fingerprint.py).
@@ -399,17 +435,24 @@ class Checkpointer:
         tried = False
         for ckpt in complete_checkpoints(self.root, log=self.log):
             tried = True
-            error, mismatch = "", ""
+            error, mismatch, unsafe = "", "", None
             try:
                 self._load(ckpt, world_size, backend_name, supports_resharding)
             except ResumeMismatch:
                 raise  # a recipe / world-size mismatch: the user's call, not a damaged file
+            except UnsafeCheckpoint as e:
+                # A file that would run code: refused on every rank, never set aside and passed
+                # over (the run must not quietly continue from an older checkpoint of a tampered run).
+                unsafe, error = e, str(e)
             except Exception as e:  # noqa: BLE001 - torch.load, DCP and DeepSpeed raise many types
                 if dist.is_initialized() and is_collective_failure(e):
                     raise
                 mismatch = _shape_mismatch_line(e) or ""
                 error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            failed, misfit = any_rank(torch.tensor([float(bool(error)), float(bool(mismatch))]))
+            failed, misfit, refused = any_rank(torch.tensor([float(bool(error)), float(bool(mismatch)),
+                                                             float(unsafe is not None)]))
+            if refused:
+                raise unsafe or UnsafeCheckpoint(f"{ckpt}: refusing to resume: another rank's files reference code")
             if misfit:
                 raise ResumeMismatch(f"{ckpt}: does not fit the model this recipe builds "
                                      f"({mismatch or 'on another rank'}); resume with the model.* keys the run "
@@ -457,6 +500,10 @@ class Checkpointer:
         if meta.get("backend", backend_name) != backend_name:
             raise ResumeMismatch(f"{ckpt}: saved by parallel.backend={meta.get('backend')}, this run uses "
                                  f"{backend_name}; use train.init_from to start from its weights")
+        readers = checkpoint_readers(ckpt)
+        if backend_name not in readers:
+            raise ResumeMismatch(f"{ckpt}: its files are a {'/'.join(readers)} checkpoint, this run uses "
+                                 f"parallel.backend={backend_name}; use train.init_from to start from its weights")
         self.check_fingerprint(ckpt, meta)
         self.backend.load(ckpt)
         # Elastic resume reads a surviving rank's state: the synthetic position is global and the

@@ -36,9 +36,11 @@ def cmd_train(args) -> int:
         return 0
     from .fileio import STORAGE_ERRNOS, STORAGE_EXIT_CODE, StorageError
     from .run_lock import RunLocked
+    from .safe_load import trust_checkpoints
     from .train.preemption import PREEMPTED_EXIT_CODE, Preempted
     from .train.trainer import NonFiniteLoss, run_training
 
+    trust_checkpoints(args.trust_checkpoint)
     try:
         run_training(cfg)
     except Preempted:
@@ -92,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("recipe", help="recipe YAML")
     t.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    t.add_argument("--trust-checkpoint", action="store_true",
+                   help="train.init_from / resume may read a DeepSpeed checkpoint this project did not write "
+                        "with DeepSpeed's own, unrestricted loader (it can run code: trusted sources only)")
     t.set_defaults(func=cmd_train)
 
     d = sub.add_parser("demo", help="the whole job in miniature: download, tokenizer, FSDP runs at mask 0/50/75%%, "

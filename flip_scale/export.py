@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .data.transforms import MEAN, STD
+from .models.preprocess import MEAN, STD
 from .models.towers import GELU, LayerNorm
 
 POOL_TYPES = {"mean_patches": "avg", "cls": "tok", "mean_all": "avg"}
@@ -162,20 +162,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="run directory, its checkpoints/ folder, or one checkpoint folder")
     p.add_argument("--format", choices=("open_clip",), default="open_clip")
     p.add_argument("--output", required=True, help="output directory")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a DeepSpeed checkpoint this project did not write with DeepSpeed's own, "
+                        "unrestricted loader (it can run code: only for files from a trusted source)")
     return p
 
 
 def main_export(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from .checkpoint import resolve_checkpoint
-    from .run_dir import load_for_inference
+    from .inference import load_inference
+    from .safe_load import trust_checkpoints
 
+    trust_checkpoints(args.trust_checkpoint)
     try:
-        ckpt = resolve_checkpoint(args.checkpoint)
-    except FileNotFoundError as e:
-        print(f"flip-scale export: error: {e}", file=sys.stderr)
+        # The newest checkpoint that loads (a truncated newer one is skipped with one line).
+        loaded = load_inference(args.checkpoint)
+    except (ValueError, FileNotFoundError) as e:  # none found, unsafe, unloadable, not fitting
+        print(f"flip-scale export: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
-    model, tokenizer, _ = load_for_inference(ckpt)
+    model, ckpt = loaded.model, loaded.checkpoint
     run_dir = ckpt.parent.parent
     tok_file = next((str(run_dir / n) for n in ("tokenizer.json", "vocab.txt") if (run_dir / n).is_file()), None)
     agreement = export_open_clip(model, args.output, tok_file, log=lambda m: print(m, file=sys.stderr))

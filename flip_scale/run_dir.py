@@ -1,5 +1,6 @@
-"""The run directory's layout, in one place: file names, reading a run's config, loading a
-trained model for inference. Everything else asks this module instead of spelling names.
+"""The run directory's layout, in one place: its file names. Everything else asks this module
+instead of spelling names. It imports nothing of the package: reading a run's config lives in
+config/load.py, loading a trained model for inference in inference.py.
 
     RUN/config.yaml          the resolved recipe (written once, at start)
     RUN/metrics.jsonl        one JSON object per logged step (rank 0)
@@ -46,40 +47,3 @@ class RunDir:
 def run_dir_of_checkpoint(ckpt: str | os.PathLike) -> RunDir:
     """RUN/checkpoints/step_N -> RUN."""
     return RunDir(Path(ckpt).parent.parent)
-
-
-def read_run_config(run_dir: str | os.PathLike):
-    """The Config a run was trained with (its config.yaml)."""
-    import yaml
-
-    from .config import config_from_dict
-
-    path = RunDir(run_dir).config
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: not a run directory (no {CONFIG})")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:  # a hand-edited or truncated file: one line, not a traceback
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ValueError(f"{path}:{where} not valid YAML ({getattr(e, 'problem', None) or e})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: not a resolved config (a mapping of sections), got {type(data).__name__}")
-    return config_from_dict(data, str(path))
-
-
-def load_for_inference(path, device="cpu"):
-    """(model in eval mode, tokenizer, eval transform) from a run dir or a checkpoint."""
-    from .checkpoint import read_full_weights, resolve_checkpoint
-    from .data.tokenizer import load_tokenizer
-    from .data.transforms import eval_transform
-    from .train.build import build_model_from_config, tokenizer_spec_for_run
-
-    ckpt = resolve_checkpoint(path)
-    run_dir = run_dir_of_checkpoint(ckpt).root
-    cfg = read_run_config(run_dir)
-    tokenizer = load_tokenizer(tokenizer_spec_for_run(cfg, run_dir), cfg.model.text_length, cfg.data.text_cls_token)
-    model = build_model_from_config(cfg, tokenizer.vocab_size)
-    model.load_state_dict(read_full_weights(ckpt))
-    model.to(device).eval()
-    return model, tokenizer, eval_transform(cfg.data.image_size)

@@ -85,7 +85,8 @@ def test_rerun_resumes_from_the_checkpoint_instead_of_restarting(tmp_path):
     assert summary["resumed_at_step"] == 10
     assert summary["wall_time_s"] > summary["segment_wall_time_s"] > 0
     assert first_segment["wall_time_s"] <= summary["wall_time_s"] + 1e-6
-    assert torch.load(tmp_path / "checkpoints" / "step_00000020" / "train_state_rank0.pt", weights_only=False)
+    # The train state loads with weights_only (JSON + tensors: nothing in it can run code).
+    assert torch.load(tmp_path / "checkpoints" / "step_00000020" / "train_state_rank0.pt", weights_only=True)
 
 
 def test_demo_command_prints_falling_loss_and_zero_shot(tmp_path):

@@ -1,8 +1,8 @@
 from .load import (ConfigError, config_from_dict, config_to_dict, dump_config, load_recipe, parse_override,
-                   validate, write_config)
+                   read_run_config, validate, write_config)
 from .schema import (CheckpointConfig, Config, DataConfig, EvalConfig, ModelConfig, ParallelConfig,
                      TrainConfig)
 
 __all__ = ["ConfigError", "config_from_dict", "config_to_dict", "dump_config", "load_recipe", "parse_override",
-           "validate", "write_config", "CheckpointConfig", "Config", "DataConfig", "EvalConfig", "ModelConfig",
+           "read_run_config", "validate", "write_config", "CheckpointConfig", "Config", "DataConfig", "EvalConfig", "ModelConfig",
            "ParallelConfig", "TrainConfig"]

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from ..fileio import write_text_atomic
-from ..run_dir import CONFIG
+from ..run_dir import CONFIG, RunDir
 from .schema import CheckContext, Config, recipe_key
 
 
@@ -228,3 +228,20 @@ def write_config(cfg: Config, run_dir: str | os.PathLike) -> Path:
 def config_from_dict(data: dict, source: str = "config.yaml") -> Config:
     """Rebuild a Config from a resolved dict (a run directory's config.yaml), without validation."""
     return _build(Config, data, {}, source)
+
+
+def read_run_config(run_dir: str | os.PathLike) -> Config:
+    """The Config a run was trained with (its config.yaml). Lives here, not in run_dir.py, so
+    that the layout module imports nothing above it (config imports run_dir, not the reverse)."""
+    path = RunDir(run_dir).config
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: not a run directory (no {CONFIG})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:  # a hand-edited or truncated file: one line, not a traceback
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ValueError(f"{path}:{where} not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a resolved config (a mapping of sections), got {type(data).__name__}")
+    return config_from_dict(data, str(path))

@@ -152,6 +152,19 @@ class EvalDataset:
         return torch.stack(images), targets
 
 
+def missing_shards(path: str) -> list[str]:
+    """Test shards that test/nshards.txt of a CLIP_benchmark set names but that do not exist
+    (an evaluation over part of a set is not that set's result); [] for an ImageFolder."""
+    if not is_clip_benchmark_dir(path):
+        return []
+    test = os.path.join(path, "test")
+    try:
+        n = int(_read_lines(os.path.join(test, "nshards.txt"))[0])
+    except (IndexError, ValueError):
+        return [os.path.join(test, "nshards.txt")]  # unreadable count: the shard list itself is missing
+    return [p for p in (os.path.join(test, f"{k}.tar") for k in range(n)) if not os.path.isfile(p)]
+
+
 def open_eval_dataset(path: str, image_size: int) -> EvalDataset:
     """Open a CLIP_benchmark or ImageFolder evaluation set; ValueError if it is neither."""
     return EvalDataset(path, image_size)

@@ -55,14 +55,22 @@ def _split_top_level_commas(spec: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
+def _as_local(found: list[str]) -> list[str]:
+    """Paths found on disk (a glob, a directory listing) stay paths. A file named
+    `pipe:cmd;.tar` is only a file: `pipe:` (or a URL scheme) counts only when the user wrote it
+    in the spec, so a name in a downloaded folder never becomes a shell command."""
+    return [os.path.join(".", p) if p.startswith((*_REMOTE, "file://")) else p for p in found]
+
+
 def expand_shards(spec: str) -> list[str]:
     """Expand a shard spec into shard URLs.
 
     Accepts a brace pattern ('DIR/{00000..00009}.tar'), a comma-separated list, a directory of
     .tar files, a glob, a `prep download` manifest.json, http(s) URLs and `pipe:CMD` commands
-    (each may hold braces). Local paths that do not exist are dropped with a warning line, unless
-    they are more than 1% of those named (check_missing); a spec that yields no shard raises
-    ValueError.
+    (each may hold braces; `pipe:` is honoured only as written in the spec, never from what a
+    glob, directory listing or manifest names). Local paths that do not exist are dropped with a
+    warning line, unless they are more than 1% of those named (check_missing); a spec that yields
+    no shard raises ValueError.
     """
     if not spec or not spec.strip():
         raise ValueError("data.train_shards is empty")
@@ -76,11 +84,11 @@ def expand_shards(spec: str) -> list[str]:
             path = item[len("file://"):] if item.startswith("file://") else item
             path = os.path.expanduser(path)
             if path.endswith(".json"):
-                out.extend(shards_from_manifest(path))
+                out.extend(shards_from_manifest(path))  # joined to the manifest's folder: paths
             elif os.path.isdir(path):
-                out.extend(sorted(glob.glob(os.path.join(path, "*.tar"))))
+                out.extend(_as_local(sorted(glob.glob(os.path.join(path, "*.tar")))))
             elif any(c in path for c in "*?["):
-                out.extend(sorted(glob.glob(path)))
+                out.extend(_as_local(sorted(glob.glob(path))))
             elif os.path.isfile(path):
                 out.append(path)
             else:

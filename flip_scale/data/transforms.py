@@ -32,14 +32,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..models.preprocess import MEAN, STD, float_images  # noqa: F401 - float_images re-exported for the loader
+
 try:  # libjpeg-turbo via torchvision; PIL decodes everything when it is missing
     from torchvision.io import ImageReadMode, decode_jpeg
 except ImportError:  # pragma: no cover - torchvision is installed with torch here
     decode_jpeg = None
 
-# ImageNet statistics, as FLIP's release and OpenCLIP's ViT-B/L(LAION) configs normalise.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+# The model's own normalisation (models/preprocess.py); the evaluation path applies it here.
 _MEAN_255 = np.array(MEAN, dtype=np.float32) * 255.0
 _INV_STD_255 = 1.0 / (np.array(STD, dtype=np.float32) * 255.0)
 TRAIN_SCALE = (0.5, 1.0)          # FLIP Table 10: RandomResizedCrop area (0.5, 1)
@@ -80,16 +80,6 @@ def sample_draws(seed: int, *key: int) -> Draws:
     for k in key:
         h = _mix64(((h ^ (int(k) & _MASK)) + _GOLDEN) & _MASK)
     return Draws(h)
-
-
-def float_images(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [B,3,H,W] (the training loader's batches) -> float32, ImageNet-normalised, on the
-    tensor's own device; float images (eval, export) are returned unchanged."""
-    if images.dtype != torch.uint8:
-        return images
-    mean = torch.tensor(_MEAN_255, device=images.device).view(1, 3, 1, 1)
-    inv_std = torch.tensor(_INV_STD_255, device=images.device).view(1, 3, 1, 1)
-    return (images.float() - mean) * inv_std
 
 
 def to_normalized_tensor(img: Image.Image) -> torch.Tensor:

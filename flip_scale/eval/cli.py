@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with a mask: average the embeddings of complementary masked views that together "
                         "cover every patch (2 at 50%%, 4 at 75%%; Table 1d's mask ensemble)")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a DeepSpeed checkpoint this project did not write with DeepSpeed's own, "
+                        "unrestricted loader (it can run code: only for files from a trusted source)")
     return p
 
 
@@ -46,6 +49,7 @@ def _error(msg: str) -> int:
 def _check_inputs(args) -> str | None:
     """One clear line for bad input, before loading anything."""
     from ..checkpoint import resolve_checkpoint
+    from ..data.eval_datasets import missing_shards
 
     data = args.zeroshot or args.retrieval
     if not os.path.isdir(data):
@@ -60,6 +64,9 @@ def _check_inputs(args) -> str | None:
         resolve_checkpoint(args.checkpoint)
     except FileNotFoundError as e:
         return str(e)
+    missing = missing_shards(data)
+    if missing:
+        return f"evaluation set {data}: {len(missing)} shard(s) listed by test/nshards.txt are missing, first: {missing[0]}"
     return None
 
 
@@ -87,11 +94,10 @@ def _recipe_mask_ratio(checkpoint: str) -> float:
     return float((data.get("model") or {}).get("eval_mask_ratio", 0.0) or 0.0)
 
 
-def _provenance(path: str) -> dict:
+def _provenance(ckpt: Path) -> dict:
     """Which checkpoint was evaluated, and at how many samples seen (for accuracy-vs-samples curves)."""
-    from ..checkpoint import read_meta, resolve_checkpoint
+    from ..checkpoint import read_meta
 
-    ckpt = resolve_checkpoint(path)
     meta = read_meta(ckpt)
     return {"checkpoint": str(ckpt), "step": meta.get("step"), "samples_seen": meta.get("samples_seen")}
 
@@ -108,12 +114,14 @@ def main_eval(argv: list[str]) -> int:
 
     import torch
 
-    from ..run_dir import load_for_inference
     from ..distributed.env import cleanup, detect_env, init_distributed, select_device
+    from ..inference import load_inference
+    from ..safe_load import trust_checkpoints
     from .common import ensemble_views
     from .retrieval import evaluate_retrieval
     from .zeroshot import evaluate_zeroshot
 
+    trust_checkpoints(args.trust_checkpoint)
     denv = detect_env()
     try:
         device = select_device(args.device, denv)
@@ -122,7 +130,11 @@ def main_eval(argv: list[str]) -> int:
     init_distributed(denv, device)
     finished = False
     try:
-        model, tokenizer, transform = load_for_inference(args.checkpoint, device=device)
+        try:
+            loaded = load_inference(args.checkpoint, device=device)
+        except (ValueError, FileNotFoundError) as e:  # unsafe, unloadable, or not fitting the run's model
+            return _error(str(e).splitlines()[0])
+        model, tokenizer, transform = loaded.model, loaded.tokenizer, loaded.transform
         torch.manual_seed(0)  # masks at inference (if any) are drawn from torch's global RNG
         common = dict(rank=denv.rank, world_size=denv.world_size, batch_size=args.batch_size,
                       progress=not args.no_progress, image_mask_ratio=mask,
@@ -135,7 +147,11 @@ def main_eval(argv: list[str]) -> int:
                 result = evaluate_retrieval(model, tokenizer, transform, args.retrieval, device, **common)
         except ValueError as e:
             return _error(str(e).splitlines()[0])
-        result.update(_provenance(args.checkpoint))
+        if not result.get("n"):
+            # acc1 = 0.0 over nothing is not a result: never let it replace a good eval/<name>.json.
+            return _error(f"no sample of {args.zeroshot or args.retrieval} could be read (every shard unreadable "
+                          f"or empty; see the warnings above); nothing written")
+        result.update(_provenance(loaded.checkpoint))
         if mask:
             result["image_mask_ratio"] = mask
             if args.mask_ensemble:

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.transforms import float_images
+from .preprocess import float_images
 from .sizes import ModelSize, get_size
 from .towers import LOGIT_SCALE_INIT, LOGIT_SCALE_MAX, PixelDecoder, TextTower, VisionTower, init_weights
 

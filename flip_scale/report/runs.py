@@ -9,7 +9,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..run_dir import RunDir, read_run_config
+from ..config import read_run_config
+from ..run_dir import RunDir
 from ..models.flops import train_flops_per_sample
 from ..models.sizes import get_size
 from ..metrics import read_jsonl

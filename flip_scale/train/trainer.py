@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from ..checkpoint import (RUN_CONFIG, Checkpointer, ResumeMismatch, find_latest, read_full_weights,
                           resolve_checkpoint, step_name)
-from ..config import Config, validate, write_config
+from ..config import Config, read_run_config, validate, write_config
 from ..config.fingerprint import run_fingerprint, vocab_hash
 from ..data.finite import DataExhausted, check_known_sample_count
 from ..data.loader import build_train_loader
@@ -42,7 +42,7 @@ from ..host_memory import apply_host_malloc
 from ..logs import close_rank_logging, setup_rank_logging
 from ..metrics import MetricsWriter, device_peak_flops, max_memory_gb, read_jsonl
 from ..models import train_flops_per_sample
-from ..run_dir import RunDir, read_run_config
+from ..run_dir import RunDir
 from ..run_lock import RunLock, RunLocked
 from .build import adapt_weights, build_model_from_config, parallelize_and_build_optimizer, snapshot_tokenizer
 from .metrics_logger import MetricsLogger, NonFiniteLoss

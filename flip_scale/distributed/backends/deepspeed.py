@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ...models.towers import LOGIT_SCALE_MAX
+from ...safe_load import UnsafeCheckpoint, forced_weights_only, trusted, unsupported_global
 from ..collectives import any_rank
 from .base import Backend
 from .bf16_inputs import cast_block_inputs, cast_image_input
@@ -86,6 +88,35 @@ def deepspeed_config(cfg, world_size: int) -> dict:
         "steps_per_print": 2**31 - 1,  # the trainer logs; keep DeepSpeed quiet
         "wall_clock_breakdown": False,
     }
+
+
+def deepspeed_checkpoint_globals() -> list:
+    """What a DeepSpeed checkpoint written by this backend pickles besides tensors and plain
+    containers (listed from real ZeRO-1/2/3 checkpoints on CPU, DeepSpeed 0.19): the optimizer
+    state's loss scaler, ZeRO stage enum and fragment addresses. Each is a plain record."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+@contextlib.contextmanager
+def restricted_deepspeed_load(ckpt_dir: Path):
+    """DeepSpeed's loaders call torch.load(weights_only=False); inside this every torch.load is
+    weights_only with the allow-list above, unless --trust-checkpoint was given. A file that
+    needs more was not written by this project: refused with one line saying how to proceed."""
+    if trusted():
+        yield
+        return
+    try:
+        with forced_weights_only(deepspeed_checkpoint_globals()):
+            yield
+    except pickle.UnpicklingError as e:
+        name = unsupported_global(e) or "a name outside torch's weights_only allow-list"
+        raise UnsafeCheckpoint(f"{ckpt_dir}: refusing to load this DeepSpeed checkpoint: it references {name}, "
+                               f"which flip-scale's DeepSpeed checkpoints never contain (unpickling it could run "
+                               f"code); if you trust its source, pass --trust-checkpoint") from None
 
 
 class DeepSpeedBackend(Backend):
@@ -210,8 +241,9 @@ class DeepSpeedBackend(Backend):
         self.engine.save_checkpoint(str(ckpt_dir), tag=TAG, save_latest=False)
 
     def load(self, ckpt_dir: Path) -> None:
-        path, _ = self.engine.load_checkpoint(str(ckpt_dir), tag=TAG, load_optimizer_states=True,
-                                              load_lr_scheduler_states=False)
+        with restricted_deepspeed_load(ckpt_dir):
+            path, _ = self.engine.load_checkpoint(str(ckpt_dir), tag=TAG, load_optimizer_states=True,
+                                                  load_lr_scheduler_states=False)
         if path is None:
             raise FileNotFoundError(f"{ckpt_dir}: no DeepSpeed checkpoint under tag {TAG!r}")
 
@@ -220,7 +252,8 @@ class DeepSpeedBackend(Backend):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         # Merges every rank's fp32 partitions (any ZeRO stage) on this one process, no group.
-        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=TAG)
+        with restricted_deepspeed_load(ckpt_dir):
+            state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=TAG)
         return {_strip_wrappers(k): v for k, v in state.items()}
 
     def _named_params(self) -> dict:

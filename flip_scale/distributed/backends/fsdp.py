@@ -200,23 +200,29 @@ class FSDPBackend(Backend):
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
         model_sd, optim_sd = self._state_dicts()
+        from .safe_dcp import SafeFileSystemReader, SafeLoadPlanner, check_metadata
+
+        check_metadata(ckpt_dir)
         state = {"model": model_sd, "optimizer": optim_sd}
-        dcp.load(state, checkpoint_id=str(ckpt_dir))  # in place, each rank reads its own shards
+        # In place, each rank reads its own shards; through the restricted reader and planner
+        # (a checkpoint's pickles must not run code: flip_scale/safe_load.py).
+        dcp.load(state, storage_reader=SafeFileSystemReader(str(ckpt_dir)), planner=SafeLoadPlanner())
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
                        optim_state_dict=state["optimizer"])
 
     @staticmethod
     def read_full_weights(ckpt_dir: Path) -> dict:
-        from torch.distributed.checkpoint import FileSystemReader
-        from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
         from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+        from .safe_dcp import SafeEmptyStateDictLoadPlanner, SafeFileSystemReader, check_metadata
 
         # Every shard of "model" into plain tensors on THIS process. no_dist=True even when a
         # process group exists (init_from calls this on each rank): reading is local, never a
         # collective, so one rank alone can call it too.
+        check_metadata(ckpt_dir)
         state: dict = {}
-        _load_state_dict(state, storage_reader=FileSystemReader(str(ckpt_dir)),
-                         planner=_EmptyStateDictLoadPlanner(keys={"model"}), no_dist=True)
+        _load_state_dict(state, storage_reader=SafeFileSystemReader(str(ckpt_dir)),
+                         planner=SafeEmptyStateDictLoadPlanner(keys={"model"}), no_dist=True)
         return {_strip_wrappers(k): v for k, v in state["model"].items()}
 
     def load_model_weights(self, state_dict: dict) -> None:

@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ...safe_load import load_torch_file
 from .base import Backend
 from .process_group import ensure_process_group
 
@@ -26,13 +27,14 @@ class SingleBackend(Backend):
                        Path(ckpt_dir) / MODEL_FILE)
 
     def load(self, ckpt_dir: Path) -> None:
-        state = torch.load(Path(ckpt_dir) / MODEL_FILE, map_location=self.device, weights_only=True)
+        # weights_only; a file needing more is refused as unsafe, not skipped as damaged.
+        state = load_torch_file(Path(ckpt_dir) / MODEL_FILE, map_location=self.device)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
 
     @staticmethod
     def read_full_weights(ckpt_dir: Path) -> dict:
-        return torch.load(Path(ckpt_dir) / MODEL_FILE, map_location="cpu", weights_only=True)["model"]
+        return load_torch_file(Path(ckpt_dir) / MODEL_FILE)["model"]
 
 
 class DDPBackend(SingleBackend):
