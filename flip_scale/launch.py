@@ -170,12 +170,18 @@ def check_inputs(jobs: list[Job]) -> None:
     """Refuse (one line) when any file a job will read is missing as seen from this host."""
     from .preflight import missing_inputs
 
-    problems = []
+    problems: dict[str, list[str]] = {}  # one entry per missing file, naming the jobs that read it
     for job in jobs:
-        problems += [f"{job.run_dir.name}: {p}" for p in missing_inputs(job.cfg, job.init_from_pending)]
+        for p in missing_inputs(job.cfg, job.init_from_pending):
+            problems.setdefault(p, []).append(job.run_dir.name)
     if problems:
+        def who(names):
+            if len(names) == len(jobs) > 1:
+                return "both jobs" if len(jobs) == 2 else f"all {len(jobs)} jobs"
+            return ", ".join(names)
+        listed = "; ".join(f"{p} ({who(names)})" for p, names in problems.items())
         raise LaunchError(f"missing inputs, nothing submitted (--no-check if this host cannot see the cluster's "
-                          f"filesystem): {'; '.join(problems)}")
+                          f"filesystem): {listed}")
 
 
 def submit(job: Job, template: Path, sbatch_args: list[str], dry_run: bool, dependency: str | None = None,

@@ -47,7 +47,7 @@ def check_shards(spec: str) -> str | None:
             path = os.path.expanduser(item[len("file://"):] if item.startswith("file://") else item)
             if os.path.basename(path) == MANIFEST or path.endswith(".json"):
                 if not os.path.isfile(path):
-                    problems.append(f"manifest {path} not found")
+                    problems.append("not found" if path == spec.strip() else f"manifest {path} not found")
                     continue
                 try:
                     expected.extend(s for s in manifest_shards(path) if not s.startswith(_REMOTE))
