@@ -159,3 +159,40 @@ def test_a_data_bound_plan_prints_the_fix():
                           cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
     fix = [line for line in proc.stdout.splitlines() if line.strip().startswith("fix:")]
     assert len(fix) == 1 and "data.decode=device" in fix[0] and "--cpus-per-task=41" in fix[0], proc.stdout
+
+
+# ------------------------------------------------------------------ eval sets of the site, by name; doc samples
+def test_eval_names_a_set_of_the_site_file(tmp_path):
+    from flip_scale.config import load_site
+    from flip_scale.eval.cli import site_eval_set
+
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump({"eval": {"zeroshot": "/p/eval/imagenet1k",
+                                             "retrieval": ["/p/eval/wds_flickr30k", "/p/eval/wds_mscoco_captions"]}}))
+    s = load_site(site)
+    assert site_eval_set(s, "flickr30k") == "/p/eval/wds_flickr30k"
+    assert site_eval_set(s, "wds_mscoco_captions") == "/p/eval/wds_mscoco_captions"
+    assert site_eval_set(s, "imagenet1k") == "/p/eval/imagenet1k" and site_eval_set(s, "coco") is None
+    proc = subprocess.run([sys.executable, "-m", "flip_scale", "eval", str(tmp_path), "--retrieval", "coco",
+                           "--site", str(site)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"flip-scale eval: error: 'coco' is neither a dataset directory nor an eval set of site file {site}")
+
+
+def _doc_lines(doc: str, prefix: str) -> list[str]:
+    return [line.strip() for line in (ROOT / "docs" / doc).read_text().splitlines() if line.strip().startswith(prefix)]
+
+
+def test_doc_samples_are_what_the_commands_print():
+    """docs/slurm.md's launch refusal and plan fix are the commands' real output (no rot)."""
+    cmd = [sys.executable, "-m", "flip_scale", "launch", "recipes/flip/l16_laion400m.yaml", "--template",
+           "slurm/vitl16_laion400m.sh", "--tune", "recipes/flip/l16_laion400m_unmasked_tuning.yaml", "--dry-run"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env={
+        **__import__("os").environ, "FLIP_SITE": ""})
+    assert proc.returncode == 2
+    assert _doc_lines("slurm.md", "flip-scale launch: error: missing inputs") == [proc.stderr.strip()]
+    plan = subprocess.run([sys.executable, "-m", "flip_scale", "plan", "recipes/flip/b16_laion400m.yaml",
+                           "data.decode=cpu", "--nodes", "16", "--gpus-per-node", "8", "--gpu", "h100"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=True).stdout.splitlines()
+    documented = _doc_lines("slurm.md", "data loader: ") + _doc_lines("slurm.md", "fix: ")
+    assert documented and all(line in [p.strip() for p in plan] for line in documented), documented
