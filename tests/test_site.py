@@ -196,3 +196,14 @@ def test_doc_samples_are_what_the_commands_print():
                           cwd=ROOT, capture_output=True, text=True, timeout=120, check=True).stdout.splitlines()
     documented = _doc_lines("slurm.md", "data loader: ") + _doc_lines("slurm.md", "fix: ")
     assert documented and all(line in [p.strip() for p in plan] for line in documented), documented
+
+
+def test_every_run_recipe_names_its_dataset():
+    """data.dataset in every recipe (the site file picks paths by it; the report labels by it)."""
+    for path in sorted((ROOT / "recipes").rglob("*.yaml")):
+        if "models" in path.parts:
+            continue  # model blocks, not runs
+        cfg = load_recipe(path, check_files=False)
+        expected = ("synthetic" if cfg.data.train_shards == "synthetic" else
+                    "laion2b" if "laion2b" in cfg.data.train_shards else "laion400m")
+        assert cfg.data.dataset == expected, path
