@@ -47,9 +47,14 @@ class Run:
 
     @property
     def data(self) -> str:
-        """The data axis: the recipe's data.dataset; runs from before that key, by their shard paths."""
+        """The data axis: the recipe's data.dataset; runs from before that key, by their shard paths.
+        `synthetic` inherited from a test recipe whose shards were replaced on the command line
+        says nothing about those shards: their path names them then."""
         dataset = getattr(self.config.data, "dataset", None)
-        return dataset_label(dataset) if dataset else data_name(self.config.data.train_shards)
+        shards = self.config.data.train_shards
+        if not dataset or (dataset == "synthetic" and shards != "synthetic"):
+            return data_name(shards)
+        return dataset_label(dataset)
 
     @property
     def samples_seen(self) -> int:
