@@ -81,7 +81,7 @@ class ModelConfig:
 class DataConfig:
     """Where samples come from and how they are prepared."""
 
-    train_shards: str = doc("synthetic", "webdataset shards (brace pattern, comma list, directory, URL, pipe:) or `synthetic`")
+    train_shards: str = doc("synthetic", "webdataset shards (brace pattern, comma list, directory, `prep download`'s manifest.json, URL, pipe:) or `synthetic`")
     dataset: Optional[str] = doc(None, "what the shards are: laion400m | laion2b | relaion2b | datacomp | synthetic | ... "
                                        "(a site file's `datasets:` picks paths by it; reports label the data axis with it)")
     tokenizer: str = doc("builtin", "tokenizers JSON or BERT vocab.txt; `builtin` = the synthetic captions' vocabulary")
@@ -125,6 +125,12 @@ class DataConfig:
             fail("data.tokenizer", f"file {self.tokenizer} not found (a tokenizers JSON, a vocab.txt, or `builtin`)")
         if self.loader_timeout_s < 0:
             fail("data.loader_timeout_s", f"must be >= 0 (0 = wait forever), got {self.loader_timeout_s}")
+        if self.shards_per_chunk < 1:
+            fail("data.shards_per_chunk", f"must be >= 1, got {self.shards_per_chunk}")
+        if self.prefetch_factor < 1:
+            fail("data.prefetch_factor", f"must be >= 1, got {self.prefetch_factor}")
+        if self.epochs is not None and self.epochs < 1:
+            fail("data.epochs", f"must be >= 1 (or null = repeat forever), got {self.epochs}")
         if self.decode not in ("cpu", "device"):
             fail("data.decode", f"must be cpu or device, got {self.decode!r}")
         if self.decode == "device" and self.train_shards == "synthetic":
@@ -133,14 +139,18 @@ class DataConfig:
                                 "pixels: use data.decode=cpu")
 
 
+# train.warmup_samples may exceed train.samples by at most this factor (see TrainConfig.check).
+WARMUP_OVERRUN = 10
+
+
 @dataclass
 class TrainConfig:
     """Length, optimizer, schedule, output."""
 
     global_batch_size: int = doc(32768, "samples per optimizer step over all ranks (FLIP ablations: 32k; best: 64k)")
-    samples: int = doc(2_560_000_000, "samples seen in the whole run (FLIP: 12.8B; ablations 2.56B)")
+    samples: int = doc(2_560_000_000, "samples seen in the whole run (FLIP: 12,451,840,000, the paper's nominal 12.8B)")
     base_lr: float = doc(4e-6, "lr per 256 samples; peak lr = base_lr * global_batch_size / 256")
-    warmup_samples: int = doc(51_200_000, "linear warmup length in samples (FLIP: 51.2M for B/L, 256M for H)")
+    warmup_samples: int = doc(51_200_000, "linear warmup length in samples (FLIP: 49,807,360 for B/L, 249,036,800 for H)")
     weight_decay: float = doc(0.2, "AdamW decoupled weight decay; none on biases, LayerNorm scales, position embeddings (as the authors)")
     beta1: float = doc(0.9, "AdamW beta1")
     beta2: float = doc(0.95, "AdamW beta2 (FLIP: 0.95)")
@@ -177,6 +187,16 @@ class TrainConfig:
             fail("train.samples", f"{self.samples} is less than one global batch ({self.global_batch_size})")
         if self.warmup_samples < 0:
             fail("train.warmup_samples", f"must be >= 0, got {self.warmup_samples}")
+        if self.warmup_samples > WARMUP_OVERRUN * self.samples:
+            # The lr never gets near its peak: the run trains at a small fraction of the lr its
+            # recipe names (a paper warmup left in a short run). Short test runs that end partway
+            # up a normal warmup (<= 10x the run) stay allowed.
+            fail("train.warmup_samples", f"{self.warmup_samples} is more than {WARMUP_OVERRUN}x the run's "
+                                         f"train.samples {self.samples}: the lr would reach only "
+                                         f"{100 * self.samples / self.warmup_samples:.2g}% of its peak; shorten "
+                                         f"the warmup or lengthen the run")
+        if self.grad_clip < 0:
+            fail("train.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
         if self.base_lr <= 0:
             fail("train.base_lr", f"must be positive, got {self.base_lr}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
@@ -185,6 +205,8 @@ class TrainConfig:
             fail("train.weight_decay", f"must be >= 0, got {self.weight_decay}")
         if not self.out_dir.strip():
             fail("train.out_dir", "is empty; name the run directory")
+        if ctx.check_files and os.path.exists(self.out_dir) and not os.path.isdir(self.out_dir):
+            fail("train.out_dir", f"{self.out_dir} is a file, not a directory")
         if self.log_every_steps < 1:
             fail("train.log_every_steps", f"must be >= 1, got {self.log_every_steps}")
         if self.device not in ("auto", "cpu", "cuda"):
