@@ -1,6 +1,6 @@
 """Our training step against open_clip's on the same architecture, alternating in one process.
 
-    python bench/bench_vs_openclip.py [--trials 5] [--steps 1] [--json] [--write]
+    python bench/bench_vs_openclip.py [--threads all,1] [--trials 5] [--steps 1] [--json] [--write]
 
 Ours: the trainer's step through the `single` backend (bench/engine_loop.py's Engine, the
 trainer's TrainStep: masks from the data positions, forward, losses, backward, gradient norm and
@@ -13,17 +13,24 @@ Same architecture on both sides: vit_b16 towers (ViT-B/16 image, 12x512 text), 1
 patches), batch 32, text length 32, our vocabulary (30523), fp32, CPU. open_clip is set up as
 close to FLIP as its config allows: bidirectional text with first-token pooling, fixed sin-cos
 image positions, no pre-LayerNorm, average pooling. The two engines alternate (order flipped
-every trial) at each mask ratio, step by step, so load from other jobs hits both alike. Times
-are the process's CPU time per step with one intra-op thread (on a shared machine wall time
-mostly measures the scheduler; wall times are printed beside them). The reported ratio is the
-median over trials of open_clip's step time / ours (> 1: ours is faster).
+every trial) at each mask ratio, step by step, so load from other jobs hits both alike.
+
+One table per intra-op thread count, in one invocation: by default every available core (what
+users train with), then one thread (issue 23). With one thread the ratios use the process's CPU
+time per step (on a shared machine wall time mostly measures the scheduler); with several, wall
+time (what a user waits for: CPU time would add up every thread's work and spin-waiting, and
+would hide an op that leaves the other cores idle). The other measure is printed beside it. The
+reported ratio is the median over trials of open_clip's step time / ours (> 1: ours is faster).
+Each masked row also gives FLIP's speed-up against both unmasked steps of the same table, ours
+and open_clip's: a speed-up against a slow baseline of one's own would flatter it.
 The process runs with the trainer's CPU host-malloc setting (train.host_malloc auto: freed memory
 kept for the next step instead of trimmed and page-faulted in again; flip_scale/host_memory.py).
 It is process-wide, so open_clip's step gets it too; `--host-malloc default` measures both
 under glibc's own trimming instead.
-`--json` prints only one JSON line (per-mask rows and `speed_ratio` by mask);
-`--profile MASK` instead prints torch.profiler's top ops of one step of each; `--optimizers`
-instead times torch's AdamW implementations (loop, foreach, fused) on our parameters.
+`--json` prints only one JSON line (a table per thread count under "tables"; "speed_ratio" by
+thread count, then by mask); `--profile MASK` instead times both engines' steps op by op at each
+thread count, side by side (bench/op_times.py: by phase, then by op); `--optimizers` instead
+times torch's AdamW implementations (loop, foreach, fused) on our parameters.
 `--write` replaces the "## Ours vs open_clip (CPU)" section of BENCHMARKS.md with this run.
 """
 from __future__ import annotations
@@ -51,8 +58,9 @@ SECTION = "## Ours vs open_clip (CPU)"
 
 
 def our_engine(image_size: int, batch: int, text_length: int, host_malloc: str = "auto", device: str = "cpu",
-               precision: str = "fp32", compile: bool = False) -> Engine:
-    return Engine([f"train.host_malloc={host_malloc}", "model.name=vit_b16", f"data.image_size={image_size}",
+               precision: str = "fp32", compile: bool = False, model: str = "vit_b16") -> Engine:
+    """`model`: vit_b16 in every measurement; the tests use tiny."""
+    return Engine([f"train.host_malloc={host_malloc}", f"model.name={model}", f"data.image_size={image_size}",
                    f"model.text_length={text_length}",
                    f"train.global_batch_size={batch}", "parallel.backend=single", f"parallel.precision={precision}",
                    f"parallel.compile={str(compile).lower()}", "parallel.activation_checkpointing=false",
@@ -124,26 +132,50 @@ def timed(step, n: int) -> tuple[float, float]:
     return (time.perf_counter() - w0) / n, (time.process_time() - c0) / n
 
 
-def run(masks: list[float], trials: int, steps: int, warmup: int, image_size: int, batch: int,
-        text_length: int, log=print, host_malloc: str = "auto", device: str = "cpu", precision: str = "fp32",
-        compile: bool = False) -> dict:
-    ours = our_engine(image_size, batch, text_length, host_malloc, device, precision, compile)
-    theirs = OpenClipEngine(ours, precision, compile)
-    # On a GPU the process's CPU time says nothing about the step: wall time (the loss read at
-    # the end of each timed step waits for the device) is what the ratios use there.
-    key = "" if ours.device.type == "cpu" else "_wall"
-    params = {"ours": sum(p.numel() for p in ours.model.parameters()),
-              "open_clip": sum(p.numel() for p in theirs.model.parameters())}
-    log(f"parameters: ours {params['ours'] / 1e6:.1f}M, open_clip {params['open_clip'] / 1e6:.1f}M")
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, which a Slurm or container limit sets)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def parse_threads(spec: str) -> list[int]:
+    """'all,1' -> [available cores, 1] (duplicates dropped: on one core, one table)."""
+    out = []
+    for part in spec.split(","):
+        part = part.strip()
+        if part == "all":
+            n = available_cores()
+        else:
+            try:
+                n = int(part)
+            except ValueError:
+                raise SystemExit(f"--threads: {part!r} is neither 'all' nor a thread count") from None
+            if n < 1:
+                raise SystemExit(f"--threads: {n} threads; give 1 or more, or 'all'")
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def timing_key(device: torch.device, threads: int) -> str:
+    """What the ratios use. One thread on the CPU: the process's CPU time, the step's own work
+    (on a shared machine wall time mostly measures the scheduler). Several threads: wall time,
+    what a user waits for; CPU time would add up every thread's work and spin-waiting, and not
+    show an op that leaves the other cores idle. On a GPU: wall time (the loss read at the end
+    of each timed step waits for the device)."""
+    return "cpu" if device.type == "cpu" and threads == 1 else "wall"
+
+
+def measure(ours: Engine, theirs: OpenClipEngine, masks: list[float], trials: int, steps: int, warmup: int,
+            log=print) -> dict:
+    """One table at the current thread count: per mask, both engines' step times and ratios."""
+    threads = torch.get_num_threads()
+    key = timing_key(ours.device, threads)
 
     def set_mask(m: float) -> None:
         ours.set_mask_ratio(m)
         theirs.set_mask_ratio(m)
 
-    # CPU time of this process is what the ratios use: on a machine shared with other jobs, wall
-    # time mostly measures how long the scheduler kept us waiting; with one intra-op thread the
-    # process's CPU time is the step's own work (wall time is reported beside it).
-    times = {m: {k: [] for k in ("ours", "open_clip", "ours_wall", "open_clip_wall")} for m in masks}
+    times = {m: {k: [] for k in ("ours_cpu", "open_clip_cpu", "ours_wall", "open_clip_wall")} for m in masks}
     # One mask ratio at a time, as a run trains at one: warm-up steps first (first allocations,
     # and the kept heap reaching its high-water mark for these shapes), then the trials.
     for m in masks:
@@ -158,50 +190,92 @@ def run(masks: list[float], trials: int, steps: int, warmup: int, image_size: in
             for _ in range(steps):
                 for name, step in (pair if trial % 2 == 0 else pair[::-1]):
                     wall, cpu = timed(step, 1)
-                    spent[name] += cpu if not key else wall
+                    spent[name + "_cpu"] += cpu
                     spent[name + "_wall"] += wall
             for name in spent:
                 times[m][name].append(spent[name] / steps)
             t = {k: v[-1] for k, v in times[m].items()}
-            log(f"trial {trial + 1}/{trials} mask {m}: s/step ours {t['ours']:.3f}, open_clip "
-                f"{t['open_clip']:.3f}, ratio {t['open_clip'] / t['ours']:.3f} (wall {t['ours_wall']:.3f}, "
-                f"{t['open_clip_wall']:.3f}, ratio {t['open_clip_wall'] / t['ours_wall']:.3f})")
+            log(f"{threads} thread(s), trial {trial + 1}/{trials} mask {m}: s/step ({key}) ours {t['ours_' + key]:.3f}, "
+                f"open_clip {t['open_clip_' + key]:.3f}, ratio {t['open_clip_' + key] / t['ours_' + key]:.3f} "
+                f"(cpu {t['ours_cpu']:.3f}, {t['open_clip_cpu']:.3f}; wall {t['ours_wall']:.3f}, "
+                f"{t['open_clip_wall']:.3f})")
     rows = []
     for m in masks:
         tm = times[m]
-        ratios = [o / u for u, o in zip(tm["ours"], tm["open_clip"])]
-        wall_ratios = [o / u for u, o in zip(tm["ours_wall"], tm["open_clip_wall"])]
-        rows.append({"mask_ratio": m, "ours_step_s": statistics.median(tm["ours"]),
-                     "open_clip_step_s": statistics.median(tm["open_clip"]),
+        ratios = [o / u for u, o in zip(tm["ours_" + key], tm["open_clip_" + key])]
+        other = "wall" if key == "cpu" else "cpu"
+        other_ratios = [o / u for u, o in zip(tm["ours_" + other], tm["open_clip_" + other])]
+        rows.append({"mask_ratio": m, "ours_step_s": statistics.median(tm["ours_" + key]),
+                     "open_clip_step_s": statistics.median(tm["open_clip_" + key]),
                      "speed_ratio": statistics.median(ratios), "speed_ratio_min": min(ratios),
-                     "speed_ratio_max": max(ratios), "ours_wall_s": statistics.median(tm["ours_wall"]),
+                     "speed_ratio_max": max(ratios),
+                     "ours_cpu_s": statistics.median(tm["ours_cpu"]),
+                     "open_clip_cpu_s": statistics.median(tm["open_clip_cpu"]),
+                     "ours_wall_s": statistics.median(tm["ours_wall"]),
                      "open_clip_wall_s": statistics.median(tm["open_clip_wall"]),
-                     "wall_speed_ratio": statistics.median(wall_ratios)})
-    return {"model": "vit_b16", "image_size": image_size, "batch": batch, "text_length": text_length,
+                     f"{other}_speed_ratio": statistics.median(other_ratios)})
+    add_speedups(rows)
+    return {"threads": threads, "timing": "process CPU time" if key == "cpu" else "wall time"
+            + (" (device synced)" if ours.device.type != "cpu" else ""), "rows": rows}
+
+
+def add_speedups(rows: list[dict]) -> None:
+    """FLIP's speed-up of each masked step, against two unmasked baselines measured in the same
+    table: our own unmasked step (what the paper's Table 1a compares) and open_clip's (CLIP as
+    people train it). The second is the honest one when ours is the slower of the two."""
+    base = next((r for r in rows if r["mask_ratio"] == 0), None)
+    for r in rows:
+        r["speedup_vs_ours_unmasked"] = base["ours_step_s"] / r["ours_step_s"] if base else None
+        r["speedup_vs_open_clip_unmasked"] = base["open_clip_step_s"] / r["ours_step_s"] if base else None
+        r["open_clip_speedup_vs_its_unmasked"] = base["open_clip_step_s"] / r["open_clip_step_s"] if base else None
+
+
+def run(masks: list[float], trials: int, steps: int, warmup: int, image_size: int, batch: int,
+        text_length: int, log=print, host_malloc: str = "auto", device: str = "cpu", precision: str = "fp32",
+        compile: bool = False, threads: tuple[int, ...] = (1,), model: str = "vit_b16") -> dict:
+    """One table per thread count (in the order given), both engines built once and shared."""
+    ours = our_engine(image_size, batch, text_length, host_malloc, device, precision, compile, model)
+    theirs = OpenClipEngine(ours, precision, compile)
+    params = {"ours": sum(p.numel() for p in ours.model.parameters()),
+              "open_clip": sum(p.numel() for p in theirs.model.parameters())}
+    log(f"parameters: ours {params['ours'] / 1e6:.1f}M, open_clip {params['open_clip'] / 1e6:.1f}M")
+    tables = []
+    for n in threads:
+        torch.set_num_threads(n)
+        tables.append(measure(ours, theirs, masks, trials, steps, warmup, log))
+    return {"model": model, "image_size": image_size, "batch": batch, "text_length": text_length,
             "precision": precision, "compile": compile, "device": str(ours.device),
             "device_name": torch.cuda.get_device_name(ours.device) if ours.device.type == "cuda" else "cpu",
-            "threads": torch.get_num_threads(), "trials": trials,
-            "steps_per_trial": steps, "timing": "process CPU time" if not key else "wall time (device synced)", "grad_clip": ours.cfg.train.grad_clip,
-            "host_malloc": host_malloc, "host_malloc_kept": ours.host_malloc_kept, "params": params, "rows": rows}
+            "available_cores": available_cores(), "trials": trials, "steps_per_trial": steps,
+            "grad_clip": ours.cfg.train.grad_clip, "host_malloc": host_malloc,
+            "host_malloc_kept": ours.host_malloc_kept, "params": params, "tables": tables}
 
 
-def profile(mask: float, image_size: int, batch: int, text_length: int, rows: int = 30) -> str:
-    """One step of each engine under torch.profiler: the ops by self CPU time, side by side."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
+# Ops named in issue 23 as candidates for not scaling with threads: always listed in --profile.
+WATCHED_OPS = ("_fused_adamw_", "_foreach_norm", "linalg_vector_norm", "_foreach_mul_", "isfinite", "gelu",
+               "gelu_backward", "native_layer_norm", "native_layer_norm_backward", "argsort", "gather", "cat")
 
-    ours = our_engine(image_size, batch, text_length)
+
+def profile(mask: float, image_size: int, batch: int, text_length: int, threads: list[int], steps: int = 3,
+            rows: int = 20, model: str = "vit_b16", log=print) -> str:
+    """Both engines' step at each thread count, op by op (bench/op_times.py: every aten call's
+    minimum wall time over `steps` recorded steps), side by side: by phase, then by op."""
+    from op_times import min_over_steps, side_by_side
+
+    ours = our_engine(image_size, batch, text_length, model=model)
     theirs = OpenClipEngine(ours)
     ours.set_mask_ratio(mask)
     theirs.set_mask_ratio(mask)
-    out = []
-    for name, step in (("ours", ours.step), ("open_clip", theirs.step)):
-        step()  # first allocations
-        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-            step()
-        out.append(f"== {name}, mask {mask} ==\n"
-                   + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
-    return "\n".join(out)
+    results = {}
+    for n in sorted(threads):
+        torch.set_num_threads(n)
+        for name, step in (("ours", ours.step), ("open_clip", theirs.step)):
+            step()  # first allocations at this thread count
+            results[(name, n)] = min_over_steps(step, steps)
+            log(f"profiled {name} at {n} thread(s)")
+    return (f"mask {mask}, {model} at {image_size} px, batch {batch}; seconds = sum over the step's aten calls of "
+            f"each call's minimum wall time over {steps} steps\n\n" + side_by_side(results, "phase") + "\n\n"
+            + side_by_side(results, "name", top=rows, always=WATCHED_OPS))
 
 
 def optimizers(trials: int, image_size: int, text_length: int, log=print) -> str:
@@ -237,18 +311,26 @@ def optimizers(trials: int, image_size: int, text_length: int, log=print) -> str
 
 
 def table(result: dict) -> str:
-    rows = result["rows"]
-    base = rows[0] if rows[0]["mask_ratio"] == 0 else None
-    lines = ["| mask | ours CPU s/step | open_clip CPU s/step | ours speed / open_clip's (median, min-max) |"
-             " wall s/step (ours, open_clip; ratio) |" + (" time vs mask 0 (ours, open_clip) |" if base else ""),
-             "|---|---|---|---|---|" + ("---|" if base else "")]
+    """One Markdown table per thread count."""
+    return "\n\n".join(thread_table(t) for t in result["tables"])
+
+
+def thread_table(t: dict) -> str:
+    rows = t["rows"]
+    unit = "CPU" if t["timing"].startswith("process CPU") else "wall"
+    other = "wall" if unit == "CPU" else "cpu"
+    base = rows[0]["speedup_vs_ours_unmasked"] is not None
+    lines = [f"**{t['threads']} thread(s)**, {t['timing']}:", "",
+             f"| mask | ours {unit} s/step | open_clip {unit} s/step | ours speed / open_clip's (median, min-max) |"
+             f" {other} ratio |" + (" speed-up vs ours unmasked | vs open_clip unmasked | open_clip's own |" if base else ""),
+             "|---|---|---|---|---|" + ("---|---|---|" if base else "")]
     for r in rows:
         line = (f"| {r['mask_ratio']} | {r['ours_step_s']:.2f} | {r['open_clip_step_s']:.2f} | "
                 f"**{r['speed_ratio']:.3f}x** ({r['speed_ratio_min']:.3f}-{r['speed_ratio_max']:.3f}) | "
-                f"{r['ours_wall_s']:.2f}, {r['open_clip_wall_s']:.2f}; {r['wall_speed_ratio']:.3f}x |")
+                f"{r[other + '_speed_ratio']:.3f}x |")
         if base:
-            line += (f" {r['ours_step_s'] / base['ours_step_s']:.2f}, "
-                     f"{r['open_clip_step_s'] / base['open_clip_step_s']:.2f} |")
+            line += (f" {r['speedup_vs_ours_unmasked']:.2f}x | {r['speedup_vs_open_clip_unmasked']:.2f}x | "
+                     f"{r['open_clip_speedup_vs_its_unmasked']:.2f}x |")
         lines.append(line)
     return "\n".join(lines)
 
@@ -259,14 +341,16 @@ def write_section(result: dict, body: str, command: str) -> None:
     import open_clip
 
     cpu = platform.processor() or platform.machine()
+    threads = " and ".join(f"{t['threads']} ({t['timing']})" for t in result["tables"])
     header = (f"{SECTION}\n\nWhat is measured: one training step of ours (`single` backend, the trainer's step) and"
               f" of open_clip {open_clip.__version__} (CLIP + PatchDropout + ClipLoss + AdamW as open_clip_train"
-              f" builds them, grad clip {result.get('grad_clip', 0.0)} like ours) on the same architecture: vit_b16 towers at"
-              f" {result['image_size']} px, batch {result['batch']}, text length {result['text_length']}, fp32,"
-              f" one process, {result['threads']} thread(s); alternating in one invocation, {result['trials']}"
-              f" trials of {result['steps_per_trial']} steps per engine and mask, medians of the process's CPU time per"
-              f" step (wall time beside it: the machine is shared).\n\n"
-              f"**{os.cpu_count()}-core CPU ({cpu}), no GPU**, shared with other jobs, Python"
+              f" builds them, grad clip {result.get('grad_clip', 0.0)} like ours) on the same architecture: "
+              f"{result['model']} towers at {result['image_size']} px, batch {result['batch']}, text length"
+              f" {result['text_length']}, {result['precision']}, one process; one table per intra-op thread count:"
+              f" {threads}; alternating in one invocation, {result['trials']} trials of {result['steps_per_trial']}"
+              f" steps per engine and mask, medians. Speed-ups of the masked steps are given against both"
+              f" unmasked steps of the same table: ours and open_clip's.\n\n"
+              f"**{os.cpu_count()}-core CPU ({cpu}, {result['available_cores']} available), no GPU**, Python"
               f" {platform.python_version()}, torch {torch.__version__},"
               f" {datetime.date.today().isoformat()}, `{command}`\n\n")
     section = header + body + "\n"
@@ -291,7 +375,10 @@ def main(argv=None) -> None:
     ap.add_argument("--host-malloc", choices=["auto", "default"], default="auto",
                     help="train.host_malloc for the process (both engines share it): auto = the trainer's "
                          "CPU setting (freed memory kept), default = glibc's own trimming")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: steadier on a shared machine)")
+    ap.add_argument("--threads", default=None,
+                    help="comma-separated torch intra-op thread counts, one table each; 'all' = the available "
+                         "cores (default: all,1 on the CPU, all on a GPU)")
+    ap.add_argument("--model", default="vit_b16", help="model size of both engines (tiny: a smoke test)")
     ap.add_argument("--image-size", type=int, default=112)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--text-length", type=int, default=32)
@@ -302,22 +389,27 @@ def main(argv=None) -> None:
     ap.add_argument("--json", action="store_true", help="print only one JSON line with the ratios")
     ap.add_argument("--write", action="store_true", help="replace the BENCHMARKS.md section with this run")
     ap.add_argument("--optimizers", action="store_true", help="instead: time torch's AdamW variants on these parameters")
-    ap.add_argument("--profile", type=float, metavar="MASK", help="instead: profile one step of each at this mask")
+    ap.add_argument("--profile", type=float, metavar="MASK",
+                    help="instead: both engines' steps op by op at each thread count, side by side")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    if args.profile is not None:
-        print(profile(args.profile, args.image_size, args.batch, args.text_length))
-        return
+    threads = parse_threads(args.threads or ("all" if args.device.startswith("cuda") else "all,1"))
     log = (lambda *_: None) if args.json else (lambda s: print(s, flush=True))
+    if args.profile is not None:
+        print(profile(args.profile, args.image_size, args.batch, args.text_length, threads, max(args.trials, 2),
+                      model=args.model, log=log))
+        return
+    torch.set_num_threads(threads[0])
     if args.optimizers:
         print(optimizers(max(args.trials, 3), args.image_size, args.text_length, log))
         return
     result = run(args.masks, args.trials, args.steps, args.warmup, args.image_size, args.batch, args.text_length, log,
-                 args.host_malloc, args.device, args.precision, args.compile)
+                 args.host_malloc, args.device, args.precision, args.compile, threads, args.model)
     body = table(result)
     if args.json:
-        print(json.dumps({**result, "speed_ratio": {str(r["mask_ratio"]): round(r["speed_ratio"], 4)
-                                                    for r in result["rows"]}}), flush=True)
+        # speed_ratio and timing keyed by thread count, then (speed_ratio) by mask ratio.
+        print(json.dumps({**result, "speed_ratio": {str(t["threads"]): {str(r["mask_ratio"]): round(r["speed_ratio"], 4)
+                                                                        for r in t["rows"]} for t in result["tables"]},
+                          "timing": {str(t["threads"]): t["timing"] for t in result["tables"]}}), flush=True)
     else:
         print("\n" + body)
     if args.write:

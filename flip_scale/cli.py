@@ -22,12 +22,12 @@ def _one_line(e: BaseException) -> str:
 
 
 def cmd_train(args) -> int:
-    from .config import ConfigError, dump_config, load_recipe
+    from .config import ConfigError, dump_config, load_recipe, site_path
     from .distributed.env import detect_env
 
     denv = detect_env()
     try:
-        cfg = load_recipe(args.recipe, args.overrides, world_size=denv.world_size)
+        cfg = load_recipe(args.recipe, args.overrides, world_size=denv.world_size, site=site_path(args.site))
     except ConfigError as e:
         # Every rank reads the same recipe and fails the same way: one line, from rank 0.
         return _error(str(e)) if denv.is_main else 2
@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--trust-checkpoint", action="store_true",
                    help="train.init_from / resume may read a DeepSpeed checkpoint this project did not write "
                         "with DeepSpeed's own, unrestricted loader (it can run code: trusted sources only)")
+    t.add_argument("--site", metavar="SITE.yaml", help="the cluster's paths (default: $FLIP_SITE), applied after "
+                                                       "the recipe and before the overrides")
     t.set_defaults(func=cmd_train)
 
     d = sub.add_parser("demo", help="the whole job in miniature: download, tokenizer, FSDP runs at mask 0/50/75%%, "

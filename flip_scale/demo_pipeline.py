@@ -284,7 +284,8 @@ class Demo:
         run_dir = self.out / "runs" / name
         steps = s.samples // s.batch
         overrides = [f"train.out_dir={run_dir}", f"model.mask_ratio={mask}", "parallel.backend=fsdp",
-                     f"data.train_shards={self.shards}", f"data.tokenizer={self.tok}",
+                     # data.dataset names the demo's downloaded shards (tiny.yaml says synthetic)
+                     f"data.train_shards={self.shards}", "data.dataset=demo", f"data.tokenizer={self.tok}",
                      f"data.image_size={s.image_size}", "data.workers=0", f"train.samples={s.samples}",
                      f"train.global_batch_size={s.batch}", f"train.warmup_samples={s.samples // 10}",
                      f"train.log_every_steps={s.log_every_steps}", "checkpoint.every_steps=0",

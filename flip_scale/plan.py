@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from .config import ConfigError, load_recipe
+from .config import ConfigError, load_recipe, site_path
 from .config.schema import Config
 from .models.masking import num_text_kept
 from .models.sizes import get_size
@@ -27,14 +27,14 @@ from .planning.runtime import (DEFAULT_FAILURES_PER_NODE_DAY, DEFAULT_RESTART_MI
                                plan_runtime)
 
 DEFAULT_LINK_GBPS = 400.0   # one 400 Gb/s NIC per GPU (H100 clusters: ConnectX-7 / NDR InfiniBand)
-DEFAULT_CPUS_PER_GPU = 12   # e.g. 96-112 usable cores on an 8-GPU node
+DEFAULT_CPUS_PER_GPU = 14   # what slurm/*.sh request per GPU task: a DGX H100's 112 cores / 8
 DEFAULT_FS_GBPS = 100.0     # aggregate filesystem write bandwidth for the job
 
 
-def load_plan_config(path: str, overrides: list[str], world_size: int) -> Config:
-    """The recipe as `train` would see it, except that files it names (tokenizer, eval set,
-    init_from) need not exist here: plans are made on laptops, far from the data."""
-    return load_recipe(path, overrides, world_size=world_size, check_files=False)
+def load_plan_config(path: str, overrides: list[str], world_size: int, site: str | None = None) -> Config:
+    """The recipe as `train` would see it (site file included), except that files it names
+    (tokenizer, eval set, init_from) need not exist here: plans are made on laptops, far from the data."""
+    return load_recipe(path, overrides, world_size=world_size, check_files=False, site=site)
 
 
 def layout_of(cfg: Config, world: int, gpus_per_node: int, capacity_gb: float | None = None) -> Layout:
@@ -135,6 +135,7 @@ def make_plan(cfg: Config, nodes: int, gpus_per_node: int, gpu: str, mfu: float 
     loader = {"decode": cfg.data.decode, "images_per_core": images_per_core, "samples_per_s_per_gpu": micro / gpu_step_s,
               "cores_per_gpu_needed": cores_per_gpu(micro / gpu_step_s, images_per_core), "cpus_per_gpu": cpus_per_gpu,
               "loader_samples_per_s_per_gpu": feed}
+    loader["fix"] = loader_fix(loader, cfg.data.decode, micro / gpu_step_s)
     total = {"wall_s": run.total_s, "gpu_days": run.total_s * world / 86400,
              "vs_compute": run.total_s / c.wall_s}
     return {
@@ -191,6 +192,10 @@ def format_plan(plan: dict) -> str:
         f"{c['samples_per_sec_per_gpu']:,.0f} samples/s per GPU",
         f"FLIP speedup over the same run unmasked: {c['speedup_vs_unmasked']:.2f}x "
         f"(unmasked: {c['unmasked_gpu_days']:,.0f} GPU-days)",
+        # Issue 23: a speed-up is only as honest as its baseline. This one is a FLOPs ratio at one
+        # assumed MFU; a slow unmasked step would flatter a measured one.
+        "  (baseline: this recipe at mask 0, same engine and MFU: a FLOPs ratio; measured against"
+        " open_clip's unmasked step: BENCHMARKS.md)",
         f"  (with checkpointing {'off' if ck else 'on'}: {plan['compute_other_checkpointing']['gpu_days']:,.0f} GPU-days)",
         "",
         f"memory per GPU (GB), {local} samples per GPU = {plan['global_batch_size']} / {plan['world_size']} GPUs"
@@ -253,6 +258,20 @@ def _layout_label(plan: dict) -> str:
     return f"{lay['scheme']} over {plan['world_size']} ranks"
 
 
+def loader_fix(loader: dict, decode: str, samples_per_s_per_gpu: float) -> str | None:
+    """What makes a data-bound plan's loader keep up: the CPU cores per GPU task to request, and
+    (from decode=cpu) data.decode=device with the cores that needs (an upper bound: the GPU then
+    decodes too, so it asks for fewer samples/s). None when the loader is fast enough."""
+    need = loader["cores_per_gpu_needed"]
+    if loader["cpus_per_gpu"] >= need:
+        return None
+    cpus = f"request {need} CPU cores per GPU task (sbatch --cpus-per-task={need}; plan --cpus-per-gpu {need})"
+    if decode == "device":
+        return cpus
+    device = cores_per_gpu(samples_per_s_per_gpu, loader_images_per_core("device"))
+    return f"set data.decode=device (then {device} cores per GPU suffice), or {cpus}"
+
+
 def format_costs(plan: dict) -> list[str]:
     """Communication, data loader, checkpoints and the total wall-clock (the plan's second half)."""
     cm, st, ld, ck, rt, tot = (plan[k] for k in ("comm", "step", "loader", "checkpoint", "runtime", "total"))
@@ -291,6 +310,8 @@ def format_costs(plan: dict) -> list[str]:
                  f"trainer); {ld['cpus_per_gpu']} available [--cpus-per-gpu]: "
                  + ("enough" if enough else f"NOT enough, the loader caps a GPU at "
                                             f"{ld['loader_samples_per_s_per_gpu']:,.0f} samples/s"))
+    if ld.get("fix"):
+        lines.append(f"  fix: {ld['fix']}")
     every = " or ".join([f"{ck['every_steps']} steps"] * bool(ck["every_steps"])
                         + [f"{ck['every_minutes']:g} min"] * bool(ck["every_minutes"])) or "the end only"
     blocked = (f"training blocked {_ms(ck['blocked_s'])} per save (asynchronous: the copy to host memory)"
@@ -335,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "Llama 3's rate)")
     ap.add_argument("--restart-min", type=float, default=DEFAULT_RESTART_MIN,
                     help=f"minutes from a failure to training again (default {DEFAULT_RESTART_MIN:g})")
+    ap.add_argument("--site", metavar="SITE.yaml", help="site file applied as for train (default: $FLIP_SITE)")
     ap.add_argument("--json", action="store_true", help="print the plan as JSON instead of text")
     ap.add_argument("--paper", action="store_true", help="also print the paper's cost story, recomputed")
     return ap
@@ -353,7 +375,7 @@ def main_plan(argv: list[str]) -> int:
         print("flip-scale plan: error: --nvlink-gbps must be positive", file=sys.stderr)
         return 2
     try:
-        cfg = load_plan_config(args.recipe, args.overrides, args.nodes * args.gpus_per_node)
+        cfg = load_plan_config(args.recipe, args.overrides, args.nodes * args.gpus_per_node, site_path(args.site))
         plan = make_plan(cfg, args.nodes, args.gpus_per_node, args.gpu, args.mfu, args.gpu_memory_gb,
                          args.attention == "flash", link_gbps=args.link_gbps, nvlink_gbps=args.nvlink_gbps,
                          cpus_per_gpu=args.cpus_per_gpu, fs_gbps=args.fs_gbps,

@@ -15,7 +15,8 @@
 #SBATCH --nodes=64
 #SBATCH --ntasks-per-node=8
 #SBATCH --gpus-per-node=8
-#SBATCH --cpus-per-task=12
+# 14 cores per GPU task (a DGX H100: 112 / 8); `flip-scale plan` of an L/16 run with data.decode=cpu needs 13.
+#SBATCH --cpus-per-task=14
 #SBATCH --time=48:00:00
 #SBATCH --signal=B:USR1@120
 #SBATCH --requeue

@@ -112,7 +112,7 @@ def test_cli_print_config_round_trips(tmp_path):
                          text=True, check=True, cwd=ROOT).stdout
     data = yaml.safe_load(out)
     assert data["model"]["mask_ratio"] == 0.75 and data["model"]["name"] == "tiny"
-    assert set(data) == {"model", "data", "train", "checkpoint", "parallel", "eval"}
+    assert set(data) == {"model", "data", "train", "checkpoint", "parallel", "eval", "site"}
     # overrides after the flag work too; a stray flag is still an error
     late = subprocess.run(cli("train", TINY, "--print-config", "model.mask_ratio=0.75", "train.seed=3"),
                           capture_output=True, text=True, check=True, cwd=ROOT).stdout

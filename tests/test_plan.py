@@ -169,12 +169,16 @@ def test_cli_text_and_json(capsys):
     # 75% mask by override (in process, to save a torch import): FLIP_FACTS.md's 0.28x for L/16.
     assert main_plan([str(recipe), "model.mask_ratio=0.75", "--nodes", "32", "--gpus-per-node", "8",
                       "--gpu", "h100"]) == 0
-    assert "0.28x of unmasked" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "0.28x of unmasked" in text
+    # Every stated speed-up names its baseline (issue 23).
+    assert "FLIP speedup over the same run unmasked" in text and "baseline: this recipe at mask 0" in text
     r = subprocess.run(cli("plan", FLIP_RECIPES["vit_h14"], "--nodes", 32, "--gpus-per-node", 8, "--gpu",
                            "a100", "--mfu", "0.3", "--json"), capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr
     plan = json.loads(r.stdout)
     assert plan["model"] == "vit_h14" and plan["mfu"] == 0.3 and plan["world_size"] == 256
+    assert "mask 0" in plan["compute"]["speedup_baseline"]
     assert plan["memory"]["checkpointing"]["micro_batch"] == 65536 // 256
     # Bad input: a world size that does not divide the batch is one clear line, non-zero.
     assert main_plan([str(recipe), "--nodes", "3", "--gpus-per-node", "7", "--gpu", "h100"]) == 2

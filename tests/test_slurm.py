@@ -204,13 +204,27 @@ def test_study_launch_submits_every_row_and_relaunch_skips_finished_rows(cluster
 
 
 def test_launch_chains_unmasked_tuning_after_the_run_with_afterok(cluster, tmp_path):
-    """Issue 7 item 3 on the real cluster: `--tune` submits the tuning job held by
-    --dependency=afterok on the pre-training job; it starts from that run's weights."""
+    """Issue 7 item 3 and issue 20 on the real cluster: `--tune` submits the tuning job held by
+    --dependency=afterok on the pre-training job; it starts from that run's weights and, through
+    the site file and the run's data.dataset override, reads the run's shards with the run's
+    tokenizer (the tuning recipe itself says synthetic/builtin), so its loss starts below chance."""
+    import math
     import re
 
+    import yaml
+
+    from flip_scale.data.synthetic import write_synthetic_shards
+    from flip_scale.data.tokenizer import builtin_vocab
+
+    shards = write_synthetic_shards(str(tmp_path / "shards"), 640, 64, image_size=32)
+    vocab = tmp_path / "vocab.txt"  # not the builtin vocabulary: one more word piece
+    vocab.write_text("\n".join([*builtin_vocab(), "zebra"]) + "\n")
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump({"data": {"tokenizer": str(vocab)}, "datasets": {
+        "tinyset": {"data": {"train_shards": f"{tmp_path}/shards/{{00000..{len(shards) - 1:05d}}}.tar"}}}}))
     pre, tune = tmp_path / "pre", tmp_path / "tune"
-    out = launch(cluster, "recipes/test/tiny.yaml", "train.samples=640", "--out", pre,
-                 "--tune", "recipes/test/tiny_unmasked_tuning.yaml", "--tune-out", tune,
+    out = launch(cluster, "recipes/test/tiny.yaml", "train.samples=1920", "data.dataset=tinyset", "--site", site,
+                 "--out", pre, "--tune", "recipes/test/tiny_unmasked_tuning.yaml", "--tune-out", tune,
                  "--tune-override", "train.samples=320", "--template", "slurm/vith_laion2b.sh",
                  *[f"--sbatch-arg={a}" for a in TINY_JOB])
     jobs = {Path(d).name: int(j) for j, d in re.findall(r"submitted job (\d+): (\S+)", out)}
@@ -223,9 +237,15 @@ def test_launch_chains_unmasked_tuning_after_the_run_with_afterok(cluster, tmp_p
     logs = {name: (tmp_path / name / f"slurm-{job}.out").read_text(errors="replace") for name, job in jobs.items()}
     assert info["pre"]["JobState"] == "COMPLETED", logs["pre"][-3000:]
     assert info["tune"]["JobState"] == "COMPLETED", logs["tune"][-3000:]
-    assert f"initialising weights from {pre}/checkpoints/step_00000010" in logs["tune"]
+    assert f"initialising weights from {pre}/checkpoints/step_00000030" in logs["tune"]
     summary = json.loads((tune / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["mask_ratio"] == 0.0 and summary["samples_seen"] == 320
+    configs = {name: yaml.safe_load((tmp_path / name / "config.yaml").read_text()) for name in jobs}
+    for key in ("train_shards", "tokenizer", "vocab_sha256", "dataset"):
+        assert configs["tune"]["data"][key] == configs["pre"]["data"][key], key
+    assert configs["tune"]["data"]["tokenizer"] == str(vocab) and configs["tune"]["site"]["file"] == str(site)
+    chance = math.log(64)  # the global batch: a contrastive loss at chance is ln(batch)
+    assert summary["first_logged_loss"] < chance and summary["final_loss"] < chance, summary
 
 
 # ------------------------------------------------------------------ failures (issue 14)

@@ -100,6 +100,10 @@ def _type_name(tp) -> str:
 
 def _coerce(value: Any, tp, key: str, source: str):
     origin = typing.get_origin(tp)
+    if tp is list or origin is list:
+        # A YAML list, or one item (`eval.retrieval=/p/flickr30k` on the command line).
+        items = value if isinstance(value, list) else ([] if value in (None, "") else [value])
+        return [_coerce(v, str, key, source) for v in items]
     if origin is typing.Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
@@ -158,16 +162,28 @@ def _build(cls, data: dict, origin: dict, recipe: str, prefix: str = ""):
 
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple = (), world_size: int | None = None,
-                check_files: bool = True) -> Config:
-    """Read a recipe (following `base:`), apply overrides, type-check and validate it.
+                check_files: bool = True, site=None) -> Config:
+    """Read a recipe (following `base:`), apply the site file, then overrides; type-check and validate.
 
     check_files=False skips the checks that files named by the recipe exist (tokenizer,
     init_from, eval set): for planning or submitting a run on a machine that is not where it
-    will run, or a tuning job whose init_from is written by a job not yet finished."""
+    will run, or a tuning job whose init_from is written by a job not yet finished.
+    site: a site file path or a loaded Site (config/site.py); its per-dataset section is the one
+    named by data.dataset (the command line's if it sets it). A resolved config (RUN/config.yaml,
+    which records site.file) is final: no site is applied to it again."""
+    from .site import Site, load_site
+
     origin: dict[str, str] = {}
     data = _load_chain(Path(path), origin)
-    for text in overrides:
-        key, value = parse_override(text)
+    parsed = [(text, *parse_override(text)) for text in overrides]
+    if site is not None and not (data.get("site") or {}).get("file"):
+        site = site if isinstance(site, Site) else load_site(site)
+        dataset = next((v for _, k, v in reversed(parsed) if k == "data.dataset"), None)
+        if dataset is None:
+            dataset = (data.get("data") or {}).get("dataset")
+        for sections, source in site.layers(None if dataset is None else str(dataset)):
+            _merge(data, sections, origin, source)
+    for text, key, value in parsed:
         _merge(data, _nest(key, value), origin, f"command line ({key}={text.split('=', 1)[1]})")
     cfg = _build(Config, data, origin, str(path))
     cfg._origin = origin  # type: ignore[attr-defined]  (for error messages in validate)
@@ -192,7 +208,7 @@ def validate(cfg: Config, world_size: int | None = None, check_files: bool = Tru
             # NaN passes every `< 0` / `<= 0` test below and trains NaN weights; inf likewise.
             fail(key, f"must be a finite number, got {value}")
     ctx = CheckContext(cfg, world_size, check_files)
-    for section in (cfg.model, cfg.data, cfg.train, cfg.checkpoint, cfg.parallel, cfg.eval):
+    for section in (cfg.model, cfg.data, cfg.train, cfg.checkpoint, cfg.parallel, cfg.eval, cfg.site):
         section.check(fail, ctx)
 
 

@@ -82,7 +82,11 @@ class DataConfig:
     """Where samples come from and how they are prepared."""
 
     train_shards: str = doc("synthetic", "webdataset shards (brace pattern, comma list, directory, `prep download`'s manifest.json, URL, pipe:) or `synthetic`")
+    dataset: Optional[str] = doc(None, "what the shards are: laion400m | laion2b | relaion2b | datacomp | synthetic | ... "
+                                       "(a site file's `datasets:` picks paths by it; reports label the data axis with it)")
     tokenizer: str = doc("builtin", "tokenizers JSON or BERT vocab.txt; `builtin` = the synthetic captions' vocabulary")
+    vocab_sha256: Optional[str] = doc(None, "recorded, not set: sha256 of the tokenizer's vocabulary (tokens in id "
+                                            "order), written into RUN/config.yaml; a train.init_from run must match it")
     text_cls_token: bool = doc(False, "true = [CLS] first and [SEP] last; false = word pieces only, "
                                       "the authors' tokens (aug.txt.cls_token False)")
     image_size: int = doc(224, "input pixels; the model's input size follows it (paper: 224)")
@@ -114,6 +118,8 @@ class DataConfig:
             fail("data.workers", f"must be >= 0, got {self.workers}")
         if not self.train_shards:
             fail("data.train_shards", "is empty; give shards or `synthetic`")
+        if self.dataset is not None and not self.dataset.strip():
+            fail("data.dataset", "is empty; name the data (laion400m, laion2b, ...) or leave it out")
         if (ctx.check_files and self.tokenizer != "builtin" and not self.tokenizer.startswith(("http://", "https://"))
                 and not os.path.isfile(self.tokenizer)):
             fail("data.tokenizer", f"file {self.tokenizer} not found (a tokenizers JSON, a vocab.txt, or `builtin`)")
@@ -314,15 +320,34 @@ class EvalConfig:
     every_steps: int = doc(0, "steps between in-training evaluations (0 = only at the end when zeroshot is set)")
     templates: Optional[str] = doc(None, "prompt templates: 7 | 80 (OpenAI's ImageNet sets; FLIP used 7) | a file | "
                                          "null = the dataset's own templates file")
+    retrieval: list = doc([], "retrieval dataset dirs (CLIP_benchmark layout: wds_flickr30k, wds_mscoco_captions) "
+                              "evaluated at the end of training (Table 8's image<->text columns)")
 
     def check(self, fail, ctx: "CheckContext") -> None:
         if self.every_steps < 0:
             fail("eval.every_steps", f"must be >= 0, got {self.every_steps}")
         if ctx.check_files and self.zeroshot is not None and not os.path.isdir(self.zeroshot):
             fail("eval.zeroshot", f"dataset directory {self.zeroshot} not found")
+        for path in self.retrieval:
+            if not isinstance(path, str) or not path:
+                fail("eval.retrieval", f"must be a list of dataset directories, got {self.retrieval!r}")
+            if ctx.check_files and not os.path.isdir(path):
+                fail("eval.retrieval", f"dataset directory {path} not found")
         if (self.templates is not None and self.templates not in ("7", "80") and ctx.check_files
                 and not os.path.isfile(self.templates)):
             fail("eval.templates", f"must be 7, 80 or a template file; {self.templates!r} is none of these")
+
+
+@dataclass
+class SiteConfig:
+    """Recorded, not set: the site file (`--site` / FLIP_SITE) applied to this run, for provenance."""
+
+    file: Optional[str] = doc(None, "absolute path of the site file applied after the recipe (null = none)")
+    sha256: Optional[str] = doc(None, "sha256 of that file's bytes when it was applied")
+
+    def check(self, fail, ctx: "CheckContext") -> None:
+        if (self.file is None) != (self.sha256 is None):
+            fail("site.file", "site.file and site.sha256 are recorded together (by --site); set neither")
 
 
 @dataclass
@@ -335,6 +360,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, metadata={"doc": "checkpointing"})
     parallel: ParallelConfig = field(default_factory=ParallelConfig, metadata={"doc": "parallelism and precision"})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"doc": "in-training evaluation"})
+    site: SiteConfig = field(default_factory=SiteConfig, metadata={"doc": "the site file applied (recorded)"})
 
     @property
     def peak_lr(self) -> float:

@@ -82,6 +82,14 @@ def read_classnames(path: str) -> list[str]:
     return [d.replace("_", " ") for d in folders]
 
 
+def dataset_name(path: str) -> str:
+    """The name results are filed under (eval/NAME.json): the folder's name without CLIP_benchmark's
+    `wds_` prefix, so its exports (wds_imagenet1k, wds_flickr30k, wds_mscoco_captions) give the
+    names the report's Table 8 reads (imagenet1k, flickr30k, mscoco_captions)."""
+    name = os.path.basename(os.path.normpath(path))
+    return name[len("wds_"):] if name.startswith("wds_") and len(name) > len("wds_") else name
+
+
 class EvalDataset:
     """One evaluation set: `.kind`, `.classnames`, `.templates`; iterate for samples."""
 
@@ -89,7 +97,7 @@ class EvalDataset:
         if not os.path.isdir(path):
             raise ValueError(f"evaluation dataset {path!r} is not a directory")
         self.path = path
-        self.name = os.path.basename(os.path.normpath(path))
+        self.name = dataset_name(path)
         self.transform = eval_transform(image_size)
         self.webdataset = is_clip_benchmark_dir(path)
         if not self.webdataset and not _imagefolder_classes(path):

@@ -165,6 +165,15 @@ class TextTokenizer:
         """Number of entries in the embedding table the text tower needs."""
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
+    def vocab_sha256(self) -> str:
+        """sha256 of the vocabulary in id order: the same for a vocab.txt and a JSON holding the
+        same word pieces, different for any vocabulary whose ids mean other tokens (the text
+        embedding rows a checkpoint learned are indexed by these ids)."""
+        import hashlib
+
+        vocab = self.tokenizer.get_vocab(with_added_tokens=True)
+        return hashlib.sha256("\n".join(sorted(vocab, key=vocab.__getitem__)).encode()).hexdigest()
+
     def __call__(self, texts: Sequence[str] | str) -> torch.Tensor:
         """Tokenise captions to int64 [B, text_length]: word pieces (after [CLS], before [SEP]
         with cls_token), then the pad id."""

@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--zeroshot", metavar="DIR", help="classification set (CLIP_benchmark layout or ImageFolder)")
     what.add_argument("--retrieval", metavar="DIR", help="retrieval set (CLIP_benchmark layout, dataset_type retrieval)")
+    p.add_argument("--site", metavar="SITE.yaml",
+                   help="site file (default: $FLIP_SITE): --zeroshot/--retrieval may then name a set by its "
+                        "result name (imagenet1k, flickr30k, mscoco_captions) instead of its folder")
     p.add_argument("--json", metavar="OUT.json", help="also write the result object here")
     p.add_argument("--templates", default=None,
                    help="7 or 80 (OpenAI's ImageNet templates; FLIP used 7) or a template file; "
@@ -46,11 +49,46 @@ def _error(msg: str) -> int:
     return 2
 
 
+def site_eval_set(site, name: str) -> str | None:
+    """The folder of the site file's eval.zeroshot / eval.retrieval set whose result name is `name`."""
+    from ..data.eval_datasets import dataset_name
+
+    eval_section = site.common.get("eval") or {}
+    retrieval = eval_section.get("retrieval") or []
+    sets = [eval_section.get("zeroshot"), *(retrieval if isinstance(retrieval, list) else [retrieval])]
+    return next((d for d in sets if d and dataset_name(d) in (name, dataset_name(name))), None)
+
+
+def _resolve_site_sets(args) -> str | None:
+    """--zeroshot/--retrieval NAME (not a folder) -> the site file's folder of that name."""
+    from ..config import ConfigError, load_site, site_path
+
+    path = site_path(args.site)
+    data = args.zeroshot or args.retrieval
+    if not path or os.path.isdir(data):
+        return None
+    try:
+        site = load_site(path)
+    except ConfigError as e:
+        return str(e)
+    found = site_eval_set(site, data)
+    if found is None:
+        return f"{data!r} is neither a dataset directory nor an eval set of site file {site.path}"
+    if args.zeroshot:
+        args.zeroshot = found
+    else:
+        args.retrieval = found
+    return None
+
+
 def _check_inputs(args) -> str | None:
     """One clear line for bad input, before loading anything."""
     from ..checkpoint import resolve_checkpoint
     from ..data.eval_datasets import missing_shards
 
+    problem = _resolve_site_sets(args)
+    if problem:
+        return problem
     data = args.zeroshot or args.retrieval
     if not os.path.isdir(data):
         return f"dataset directory {data!r} does not exist"

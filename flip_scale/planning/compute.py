@@ -19,6 +19,8 @@ DEFAULT_MFU = 0.35
 TRAIN_MULTIPLIER = 3.0
 RECOMPUTE_MULTIPLIER = 4.0
 SECONDS_PER_DAY = 86400.0
+# What speedup_vs_unmasked is measured against (issue 23: every stated speed-up names its baseline).
+SPEEDUP_BASELINE = "the same recipe at mask 0, same engine and MFU (a FLOPs ratio, not a measurement)"
 
 
 @dataclass
@@ -44,7 +46,7 @@ class ComputePlan:
         return self.unmasked_gpu_days / self.gpu_days
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "speedup_vs_unmasked": self.speedup_vs_unmasked}
+        return {**asdict(self), "speedup_vs_unmasked": self.speedup_vs_unmasked, "speedup_baseline": SPEEDUP_BASELINE}
 
 
 def gpu_days(hardware_flops: float, peak_flops_per_gpu: float, mfu: float) -> float:

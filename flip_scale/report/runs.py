@@ -48,7 +48,14 @@ class Run:
 
     @property
     def data(self) -> str:
-        return data_name(self.config.data.train_shards)
+        """The data axis: the recipe's data.dataset; runs from before that key, by their shard paths.
+        `synthetic` inherited from a test recipe whose shards were replaced on the command line
+        says nothing about those shards: their path names them then."""
+        dataset = getattr(self.config.data, "dataset", None)
+        shards = self.config.data.train_shards
+        if not dataset or (dataset == "synthetic" and shards != "synthetic"):
+            return data_name(shards)
+        return dataset_label(dataset)
 
     @property
     def samples_seen(self) -> int:
@@ -127,6 +134,16 @@ class Run:
         return {k: sorted(set(v)) for k, v in points.items()}
 
 
+# data.dataset -> the label the paper's tables use (Table 8 matches runs by it). Re-LAION-2B is
+# LAION-2B-en with the flagged links removed: the same row of Table 8.
+DATASET_LABELS = {"laion400m": "LAION-400M", "laion2b": "LAION-2B", "relaion2b": "LAION-2B",
+                  "datacomp": "DataComp", "synthetic": "synthetic"}
+
+
+def dataset_label(dataset: str) -> str:
+    return DATASET_LABELS.get(dataset.lower(), dataset)
+
+
 def data_name(train_shards: str) -> str:
     """A short name for the training data: relaion2b / datacomp / LAION-400M / LAION-2B by path,
     else the last folder. Re-LAION is checked first: a Re-LAION run is never labelled LAION-2B."""
@@ -160,7 +177,9 @@ def load_run(path: str | Path) -> Run:
         result = json.loads(f.read_text())
         if result.get("variant"):  # an ablation setting (templates, masked inference), not the run's result
             continue
-        evals[result.get("dataset", f.stem)] = result
+        # Results written before eval names dropped CLIP_benchmark's `wds_` prefix file the same.
+        name = str(result.get("dataset", f.stem))
+        evals[name[4:] if name.startswith("wds_") and len(name) > 4 else name] = result
     return Run(path.name, path, config, _read_jsonl(layout.metrics), summary, evals)
 
 

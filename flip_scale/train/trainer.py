@@ -28,9 +28,10 @@ import torch.distributed as dist
 
 from ..checkpoint import (RUN_CONFIG, Checkpointer, ResumeMismatch, find_latest, read_full_weights,
                           resolve_checkpoint, step_name)
-from ..config import Config, read_run_config, validate, write_config
+from ..config import Config, ConfigError, read_run_config, validate, write_config
 from ..config.fingerprint import run_fingerprint, vocab_hash
 from ..data.finite import DataExhausted, check_known_sample_count
+from ..preflight import init_from_vocab_mismatch
 from ..data.loader import build_train_loader
 from ..data.tokenizer import load_tokenizer
 from ..distributed.backends import get_backend_class
@@ -107,6 +108,13 @@ class Trainer:
         if self.finite_data:
             check_known_sample_count(cfg.data.train_shards, cfg.data.epochs, cfg.train.samples)
         self.tokenizer = load_tokenizer(cfg.data.tokenizer, cfg.model.text_length, cfg.data.text_cls_token)
+        # Recorded in config.yaml: a later run starting from this one (init_from) must read its
+        # text embeddings with the same word pieces.
+        cfg.data.vocab_sha256 = self.tokenizer.vocab_sha256()
+        if cfg.train.init_from:
+            mismatch = init_from_vocab_mismatch(cfg.train.init_from, cfg.data.vocab_sha256, cfg.data.tokenizer)
+            if mismatch:
+                raise ConfigError(mismatch)
         # The loader comes before the model: a recipe pointing at no shards fails in seconds.
         try:
             self.loader = build_train_loader(cfg.data, text_length=cfg.model.text_length,
@@ -236,7 +244,7 @@ class Trainer:
                     continue
                 agreed = self.logger.sync(stop_flag.requested, self.checkpointer.time_due())
                 with self.watchdog.phase("evaluation", phase_s):
-                    eval_fields = self.evaluate() if eval_due else {}
+                    eval_fields = self.evaluate(last) if eval_due else {}
                 self.logger.maybe_log(state.step, state.samples_seen, lr, self.backend.logit_scale,
                                       force=last or bool(eval_fields), fields=eval_fields)
                 with self.watchdog.phase("checkpoint save", phase_s):
@@ -301,7 +309,8 @@ class Trainer:
 
     def _eval_due(self, last: bool) -> bool:
         e = self.cfg.eval
-        return bool(e.zeroshot) and (last or bool(e.every_steps and self.state.step % e.every_steps == 0))
+        return (bool(e.zeroshot) and (last or bool(e.every_steps and self.state.step % e.every_steps == 0))
+                or (last and bool(e.retrieval)))
 
     def _maybe_warm_timeouts(self) -> None:
         if self.state.step == self.state.resumed_at_step + WARM_STEPS and dist.is_initialized():
@@ -310,22 +319,36 @@ class Trainer:
             # barrier, on every group (HSDP's sub-meshes, DeepSpeed's, the checkpoint writer's).
             set_collective_timeout(self.cfg.parallel.timeout_s)
 
-    def evaluate(self) -> dict:
-        """Zero-shot on eval.zeroshot (every rank takes a slice); returns `eval/<dataset>/<metric>` keys."""
-        from ..eval import evaluate_zeroshot
+    def evaluate(self, last: bool = False) -> dict:
+        """Zero-shot on eval.zeroshot (every rank takes a slice), and at the last step retrieval on
+        each eval.retrieval set; returns `eval/<dataset>/<metric>` keys."""
+        from ..eval import evaluate_retrieval, evaluate_zeroshot
 
         cfg, step = self.cfg, self.state.step
+        results = []
         # backend.model: the (possibly FSDP-sharded) FlipModel, whose encode_* methods are callable.
-        result = evaluate_zeroshot(self.backend.model, self.tokenizer, cfg.data.image_size, cfg.eval.zeroshot,
-                                   self.device, rank=self.denv.rank, world_size=self.denv.world_size,
-                                   image_mask_ratio=cfg.model.eval_mask_ratio, templates=cfg.eval.templates)
+        if cfg.eval.zeroshot:
+            result = evaluate_zeroshot(self.backend.model, self.tokenizer, cfg.data.image_size, cfg.eval.zeroshot,
+                                       self.device, rank=self.denv.rank, world_size=self.denv.world_size,
+                                       image_mask_ratio=cfg.model.eval_mask_ratio, templates=cfg.eval.templates)
+            self._say(f"eval {result.get('dataset', 'zeroshot')} at step {step}: acc1 "
+                      f"{result.get('acc1', float('nan')):.4f} acc5 {result.get('acc5', float('nan')):.4f}")
+            results.append(result)
+        for path in cfg.eval.retrieval if last else ():
+            result = evaluate_retrieval(self.backend.model, self.tokenizer, cfg.data.image_size, path, self.device,
+                                        rank=self.denv.rank, world_size=self.denv.world_size,
+                                        image_mask_ratio=cfg.model.eval_mask_ratio)
+            self._say(f"eval {result['dataset']} at step {step}: image->text R@1 "
+                      f"{result['text_retrieval_recall@1']:.4f}, text->image R@1 {result['image_retrieval_recall@1']:.4f}")
+            results.append(result)
         self.backend.module.train()
-        name = result.get("dataset", "zeroshot")
-        self._say(f"eval {name} at step {step}: acc1 {result.get('acc1', float('nan')):.4f} "
-                  f"acc5 {result.get('acc5', float('nan')):.4f}")
-        self.evals[name] = {**result, "step": step, "samples_seen": self.state.samples_seen}
-        # Keys for this step's metrics record, so accuracy-vs-samples curves come from metrics.jsonl.
-        return {f"eval/{name}/{k}": v for k, v in result.items() if isinstance(v, (int, float))}
+        fields = {}
+        for result in results:
+            name = result.get("dataset", "zeroshot")
+            self.evals[name] = {**result, "step": step, "samples_seen": self.state.samples_seen}
+            # Keys for this step's metrics record, so accuracy-vs-samples curves come from metrics.jsonl.
+            fields.update({f"eval/{name}/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
+        return fields
 
     def _write_summary(self) -> dict:
         cfg, state, lg = self.cfg, self.state, self.logger
