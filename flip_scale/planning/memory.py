@@ -271,8 +271,15 @@ def plan_memory(size: ModelSize, *, mask_ratio: float, text_length: int, precisi
     else:
         w, g, m, mo = STATE_BYTES[("bf16", backend if backend in ("deepspeed", "fsdp") else "autocast")]
     split = PARTITIONED[scheme]
+    if backend == "fsdp":
+        # FSDP2 pads each tensor's dim 0 to a multiple of the shard group: shards hold the padding.
+        from .comm import fsdp_units
+
+        n = sum(u for _, u in fsdp_units(counts, 1, shard_ranks))
     shard = lambda name, b: n * b / (shard_ranks if name in split else 1) / GB  # noqa: E731
     weights, grads, master, moments = shard("weights", w), shard("grads", g), shard("master", m), shard("moments", mo)
+    # torch's AdamW keeps its step count as one fp32 tensor per parameter tensor
+    moments += counts["tensors"] * 4 / GB if backend != "deepspeed" else 0.0
     compute_bytes = 2 if precision == "bf16" else 4
     kept = kept_gathered_params * compute_bytes / GB
     if scheme == "zero3":

@@ -88,11 +88,11 @@ def analytic_breakdown(mem: dict) -> dict:
 
 def format_simulation(plan: dict) -> list[str]:
     sim = plan["simulation"]
+    if sim.get("skipped"):
+        return ["simulated: nothing"] + [f"  {n}" for n in sim.get("notes", [])]
     lines = [f"simulated: one rank of {plan['world_size']} running the real step (fake process group, fake tensors, "
              f"torch {sim.get('torch', '?')}; warm second step; {sim['seconds']:.0f} s):"]
     lines += [f"  {n}" for n in sim.get("notes", [])]
-    if sim.get("skipped"):
-        return lines
     ck = "checkpointing" if plan["activation_checkpointing"] else "no_checkpointing"
     mem = plan["memory"][ck]
     lines.append(f"  peak memory per GPU {sim['peak_gb']:.2f} GB, analytic {mem['total_gb']:.2f} GB"
