@@ -73,7 +73,7 @@ LOSS_SAVED_MATRICES = 2
 # them to None) and FSDP holds no gathered block, but every activation is saved and the backward
 # of the two [micro, global] matmuls holds six [global, embed dim] fp32 matrices (the gradients of
 # both gathered feature matrices, their reduce-scatter inputs and outputs): 1.61 GB for H/14 at a
-# 64k batch, the peak of every paper recipe. In the loss's forward the two [micro, global] logit
+# 64k batch, where the paper recipes peak. In the loss's forward the two [micro, global] logit
 # matrices are alive together with the log-softmax outputs.
 LOSS_BACKWARD_GLOBAL_MATRICES = 6
 LOSS_FORWARD_LOGIT_MATRICES = 2
@@ -307,11 +307,14 @@ def plan_memory(size: ModelSize, *, mask_ratio: float, text_length: int, precisi
         saved = act["total"] - act["recompute"]  # forward saves no recomputed block
         loss = loss_bytes(m_local, global_batch, D, overlap_gather=overlap_loss_gather) / GB
         extra = loss_peak_extra_bytes(m_local, global_batch, D)
+        # By the loss backward's peak the log-softmax outputs and the gathered features have been
+        # used and freed; the local rows and the overlap's un-normalised text matrix remain.
+        loss_at_backward = (4 * m_local + overlap_loss_gather * global_batch) * D * 4 / GB
         # The block's gradient workspace; with checkpointing besides the recomputed block itself.
         block_ws = act["workspace"]
         return {
             "loss forward": (loss_grads, kept, saved * m_micro / GB, loss, extra["loss forward"] / GB),
-            "loss backward": (loss_grads, kept, saved * m_micro / GB, loss, extra["loss backward"] / GB),
+            "loss backward": (loss_grads, kept, saved * m_micro / GB, loss_at_backward, extra["loss backward"] / GB),
             # The recomputed block is built during backward: a temporary, as the tracker counts it.
             "first block backward": (block_grads, working, saved * m_micro / GB, 0.0,
                                      (act["recompute"] + block_ws) * m_micro / GB),
