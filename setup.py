@@ -16,7 +16,7 @@ setup(
     name="flip-scale",
     version="0.1.0",
     description="Train FLIP (CLIP with image-patch masking) at scale: FSDP2 / DeepSpeed, Slurm, LAION",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["flip_scale", "flip_scale.*"]),
     package_data={"flip_scale": ["assets/*"]},
     install_requires=CORE,

@@ -212,7 +212,7 @@ class ResumeMismatch(ValueError):
 
 
 # Test-only fault injection: seconds to pause after a save's files are written and before it is
-# published, so a test can kill the run there (README "Fault tolerance").
+# published, so a test can kill the run there (docs/fault-tolerance.md).
 SAVE_DELAY_ENV = "FLIP_SCALE_TEST_SAVE_DELAY_S"
 
 

@@ -3,7 +3,7 @@
 DIR gets
     open_clip_config.json           {"model_cfg": ..., "preprocess_cfg": ...} (open_clip's hub format)
     open_clip_model.safetensors     the state dict of open_clip.CLIP(**model_cfg)
-    tokenizer.json / vocab.txt      our tokenizer (when the run used a file), see README
+    tokenizer.json / vocab.txt      our tokenizer (when the run used a file), see docs/model.md
 so `open_clip.create_model("local-dir:DIR")` or `open_clip.CLIP(**model_cfg)` + load_state_dict
 (strict) rebuild the model. The conversion is exact for image_pool mean_patches (open_clip
 'avg') and cls ('tok'); mean_all has no open_clip equivalent (see MEAN_ALL_NOTE).

@@ -19,7 +19,7 @@ from ..distributed.collectives import world_size
 from ..loss import TextGatherOverlap, clip_loss, total_loss
 from ..models.masking import IMAGE_STREAM, TEXT_STREAM, DataPositionNoise
 
-# Test-only fault injection (README "Fault tolerance"): comma-separated 1-based steps whose loss
+# Test-only fault injection (docs/fault-tolerance.md): comma-separated 1-based steps whose loss
 # is multiplied by NaN. Read once, at set-up, and kept out of the loop.
 NAN_STEPS_ENV = "FLIP_SCALE_TEST_NAN_STEPS"
 
