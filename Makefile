@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip
 # instead of letting pip copy torch into an isolated build environment.
 PIP_INSTALL := $(PIP) install --no-build-isolation
 
-.PHONY: demo demo-figure test test-fast chromium clean-venv
+.PHONY: demo demo-figure test test-fast simulate-recipes chromium clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ test: $(VENV)/.test-installed chromium
 
 test-fast: $(VENV)/.test-installed
 	$(BIN)/python -m pytest tests -q -m "not slow" -p no:cacheprovider
+
+# Every paper recipe simulated at its layout (flip-scale plan --simulate), beside the analytic plan:
+# the table in BENCHMARKS.md. Minutes per recipe; outside the test suite.
+simulate-recipes: $(VENV)/.test-installed
+	$(BIN)/python bench/simulate_recipes.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -205,11 +205,12 @@ def format_plan(plan: dict) -> str:
     ]
     rows = [("weights", "weights_gb"), ("gradients", "grads_gb"), ("fp32 master weights", "master_gb"),
             ("AdamW moments (fp32 m, v)", "moments_gb"), ("gathered / cast working copies", "working_copies_gb"),
-            ("activations", "activations_gb"), ("contrastive loss (fp32 logits)", "loss_gb"),
-            ("backward workspace", "workspace_gb"), ("total", "total_gb")]
+            ("activations", "activations_gb"), ("contrastive loss (saved, fp32)", "loss_gb"),
+            ("temporaries", "workspace_gb"), ("total (at the step's peak)", "total_gb")]
     a, b = mem["no_checkpointing"], mem["checkpointing"]
     for label, key in rows:
         lines.append(f"  {label:34s}{a[key]:10.2f}{b[key]:10.2f}")
+    lines.append(f"  peak at: {a['peak_at']} (no ckpt), {b['peak_at']} (ckpt)")
     lines.append(f"  {'activations per sample':34s}{a['activation_gb_per_sample'] * 1e3:8.1f}MB{b['activation_gb_per_sample'] * 1e3:8.1f}MB")
     fits_label = f"fits in {a['usable_gb']:.0f} usable of {a['capacity_gb']:g} GB"
     lines.append(f"  {fits_label:34s}"
