@@ -104,3 +104,13 @@ def test_torch_version_note(monkeypatch):
     monkeypatch.setattr(torch, "__version__", "2.99.0")
     note = sim_run.torch_version_note()
     assert "2.14.1" in note and "2.99.0" in note and "\n" not in note
+
+
+def test_a_gpu_decides_reshard_auto_with_the_planners_capacity():
+    from flip_scale.planning.hardware import nominal_memory_gb
+
+    # what torch reports for the cards (bytes) -> the planner's --gpu sizes
+    assert nominal_memory_gb(85_028_995_072) == 80       # H100 SXM 80GB
+    assert nominal_memory_gb(150_754_820_096) == 141     # H200
+    assert nominal_memory_gb(42_298_834_944) == 40       # A100 40GB
+    assert nominal_memory_gb(16_000_000_000) == 16.0     # a card the planner does not know

@@ -99,9 +99,11 @@ def on_device(model: nn.Module, device: torch.device) -> bool:
 
 def card_capacity_gb(device: torch.device) -> float | None:
     """The GPU's memory that parallel.reshard_after_forward: auto is decided against (None on CPU)."""
+    from ...planning.hardware import nominal_memory_gb
+
     if device.type != "cuda":
         return None
-    return torch.cuda.get_device_properties(device).total_memory / 1e9
+    return nominal_memory_gb(torch.cuda.get_device_properties(device).total_memory)
 
 
 class FSDPBackend(Backend):
