@@ -8,7 +8,13 @@ PIP := $(BIN)/python -m pip
 # instead of letting pip copy torch into an isolated build environment.
 PIP_INSTALL := $(PIP) install --no-build-isolation
 
-.PHONY: demo demo-figure test test-fast simulate-recipes chromium clean-venv
+# tests/test_data_spark.py runs img2dataset on Spark (local mode and a standalone master + worker):
+# Java from Debian, pyspark from PyPI. pyspark ships as a ~450 MB sdist that takes minutes to
+# build, so its wheel is built once into WHEELS (kept outside the clone) and installed from there.
+WHEELS ?= $(HOME)/.cache/flip-scale/wheels
+PYSPARK_VERSION ?= 4.3.0
+
+.PHONY: demo demo-figure test test-fast simulate-recipes chromium spark clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +29,16 @@ $(VENV)/.test-installed: $(VENV)/.demo-installed setup.py
 	$(PIP_INSTALL) -q -e '.[dev]'
 	touch $@
 
+$(VENV)/.spark-installed: $(VENV)/.test-installed
+	command -v java >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y openjdk-17-jre-headless)
+	mkdir -p $(WHEELS)
+	ls $(WHEELS)/pyspark-$(PYSPARK_VERSION)-*.whl >/dev/null 2>&1 || \
+		$(PIP) wheel -q --no-deps -w $(WHEELS) pyspark==$(PYSPARK_VERSION)
+	$(PIP) install -q --find-links $(WHEELS) pyspark==$(PYSPARK_VERSION)
+	touch $@
+
+spark: $(VENV)/.spark-installed
+
 demo: $(VENV)/.demo-installed
 	$(BIN)/flip-scale demo
 
@@ -35,7 +51,7 @@ demo-figure: demo
 chromium:
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
-test: $(VENV)/.test-installed chromium
+test: $(VENV)/.test-installed $(VENV)/.spark-installed chromium
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider
 
 test-fast: $(VENV)/.test-installed

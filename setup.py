@@ -6,6 +6,9 @@ EXTRAS = {
     # img2dataset writes the shards; pyarrow/pandas read LAION's parquet metadata.
     "data": ["img2dataset", "pyarrow", "pandas"],
     "report": ["matplotlib"],
+    # `prep download --distributor pyspark` (a Spark cluster); the Makefile installs it from a
+    # cached wheel, as pip builds it from a ~450 MB sdist.
+    "spark": ["pyspark>=3.5"],
 }
 # open_clip is a reference implementation used by the tests only (loss cross-check, export).
 EXTRAS["dev"] = sorted({*EXTRAS["deepspeed"], *EXTRAS["data"], *EXTRAS["report"],

@@ -1,20 +1,18 @@
 #!/usr/bin/env bash
-# LAION-400M -> webdataset shards with FLIP's storage settings (FLIP_FACTS.md, "LAION data facts").
+# The original LAION-400M -> webdataset shards with FLIP's storage settings (FLIP_FACTS.md).
+# LAION withdrew this metadata in December 2023 and did not re-release it: this script is for
+# those who hold a copy. Everyone else: docs/data.md says what stands in for it.
 #
-#   data_prep/download_laion400m.sh METADATA_DIR OUTPUT_DIR
+#   data_prep/download_laion400m.sh METADATA_DIR OUTPUT_DIR [more prep download flags]
 #
 # METADATA_DIR holds the 32 LAION-400M parquet files (columns SAMPLE_ID, URL, TEXT, LICENSE, NSFW,
-# similarity, WIDTH, HEIGHT) of LAION's "laion400m-meta" release (e.g. its Hugging Face mirror).
-# Expected: ~413M rows; link rot: ~95% of URLs worked at release, 87% in 2023, ~68% in 2024, so
-# plan for ~270M usable pairs; ~10k samples per shard, 480 px short side (keep_ratio) ~ 25-30 TB.
-# One 16-core 2 Gbps machine does ~1,300 samples/s (~3.5 days).
-# Use a fast local DNS resolver (e.g. bind9 / knot-resolver) or the success rate drops sharply.
-# Rerunning the same command after an interruption finishes only the missing shards.
-#
-# Many machines: the same command with DISTRIBUTOR=pyspark (run under spark-submit with a
-# cluster master; each executor downloads whole shards) or DISTRIBUTOR=ray (after `ray start`
-# on every node) - img2dataset's distributors; OUTPUT_DIR must then be a shared filesystem or
-# an fsspec URL (s3://...).
+# similarity, WIDTH, HEIGHT). Expected: ~413M rows; link rot: ~95% of URLs worked at release,
+# 87% in 2023, ~68% in 2024, so plan for ~270M usable pairs; ~10k samples per shard, 480 px
+# short side (keep_ratio) ~ 25-30 TB. One 16-core 2 Gbps machine does ~1,300 samples/s
+# (~3.5 days). Use a fast local DNS resolver (e.g. bind9 / knot-resolver) or the success rate
+# drops sharply. Rerunning the same command after an interruption finishes only the missing
+# shards. Many machines: slurm/download_spark.sh (a Spark standalone cluster in one Slurm job),
+# or DISTRIBUTOR=pyspark with SPARK_MASTER_URL=spark://HOST:7077; OUTPUT_DIR on a shared filesystem.
 set -euo pipefail
 META=${1:?metadata dir}
 OUT=${2:?output dir}
@@ -24,15 +22,13 @@ DISTRIBUTOR=${DISTRIBUTOR:-multiprocessing}
 FLIP=${FLIP:-flip-scale}
 
 # The paper trained on the full set: the authors' input pipeline reads every record, with no
-# NSFW filter. Append --drop-nsfw (and --drop-unsure) for a filtered set; the NSFW column is
-# kept in each sample's .json either way.
-exec $FLIP prep download \
+# NSFW filter. Append --drop-nsfw (and --drop-unsure) for a filtered set; the preset keeps
+# SAMPLE_ID, NSFW, similarity and LICENSE in each sample's .json either way.
+exec $FLIP prep download --preset laion400m \
   --url-list "$META" --output "$OUT" \
-  --url-col URL --caption-col TEXT \
   --image-size 480 --resize-mode keep_ratio \
   --samples-per-shard 10000 \
   --processes "$PROCESSES" --threads "$THREADS" \
-  --save-additional-columns NSFW,similarity,LICENSE \
   --timeout 10 --retries 0 \
   --distributor "$DISTRIBUTOR" \
   "${@:3}"

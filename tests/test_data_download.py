@@ -150,6 +150,6 @@ def test_a_missing_column_fails_before_any_download_and_leaves_nothing(tmp_path)
     meta = str(tmp_path / "meta.parquet")
     write_synthetic_parquet(meta, str(tmp_path / "img"), 4, seed=0, base_url="http://127.0.0.1:9/img", image_size=16)
     out = tmp_path / "shards"
-    with pytest.raises(ValueError, match="--caption-col 'NOPE': no such column"):
+    with pytest.raises(ValueError, match="--caption-col needs column 'NOPE', which .*meta.parquet lacks \(columns: SAMPLE_ID, URL, TEXT"):
         download(DownloadConfig(url_list=meta, output=str(out), caption_col="NOPE", processes=1, threads=1))
     assert not out.exists()

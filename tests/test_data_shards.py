@@ -3,7 +3,10 @@
 import functools
 import http.server
 import io
+import json
+import logging
 import os
+import shutil
 import tarfile
 import threading
 
@@ -238,3 +241,58 @@ def test_shuffle_buffer_refills_incrementally():
     again = list(_shuffle(iter(range(5000)), 1000, np.random.default_rng(0)))
     assert sorted(again) == list(range(5000))
     assert again == list(_shuffle(iter(range(5000)), 1000, np.random.default_rng(0)))  # deterministic
+
+
+def _manifest(folder, entries):
+    """The shard_list part of the manifest.json `prep download` writes (download.summarize_shards)."""
+    path = folder / "manifest.json"
+    path.write_text(json.dumps({"shards": len(entries), "samples": sum(n for _, n in entries),
+                                "shard_list": [{"shard": s, "samples": n, "count": n, "bytes": 1}
+                                               for s, n in entries]}))
+    return path
+
+
+def test_manifest_lists_the_shards_relative_to_its_folder(tmp_path, shard_dir):
+    folder = tmp_path / "moved"
+    shutil.copytree(shard_dir, folder)  # a manifest keeps working when its folder moves
+    (folder / "00099.tar").write_bytes(b"a tar the download did not list")
+    path = _manifest(folder, [("00000.tar", 9), ("00001.tar", 9), ("00002.tar", 0), ("00003.tar", 9)])
+    assert expand_shards(str(path)) == [str(folder / f"0000{k}.tar") for k in (0, 1, 3)]  # empty shard left out
+    os.remove(folder / "00001.tar")
+    with pytest.raises(ValueError, match=r"manifest .*manifest.json lists 1 shard\(s\) that do not exist "
+                                         r"\(first: .*00001.tar\)"):
+        expand_shards(str(path))
+    with pytest.raises(ValueError, match=r"manifest .*nope.json does not exist"):
+        expand_shards(str(folder / "nope.json"))
+    (folder / "other.json").write_text('{"samples": 3}')
+    with pytest.raises(ValueError, match="is not a manifest written by `flip-scale prep download`"):
+        expand_shards(str(folder / "other.json"))
+
+
+def test_a_pattern_missing_over_one_percent_fails_below_it_warns_once(tmp_path, caplog):
+    for k in range(200):
+        if k != 7:
+            (tmp_path / f"{k:06d}.tar").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="flip_scale"):
+        got = expand_shards(str(tmp_path / "{000000..000199}.tar"))
+    assert len(got) == 199
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and warned[0].startswith("1 of 200 shards of") and "000007.tar" in warned[0]
+    # The LAION-2B mistake: a 6-digit pattern over 5-digit names misses nearly all of them.
+    with pytest.raises(ValueError, match=r"^150 of 152 shards of .* do not exist \(more than 1%; first: "
+                                         r"0000000.tar, 0000001.tar, 0000002.tar\)"):
+        expand_shards(str(tmp_path / "{0000000..0000149}.tar") + "," + str(tmp_path / "000000.tar")
+                      + "," + str(tmp_path / "000001.tar"))
+
+
+def test_training_refuses_a_pattern_with_many_missing_shards_in_one_line(tmp_path, shard_dir):
+    import subprocess
+
+    from conftest import ROOT, TINY, cli
+
+    r = subprocess.run(cli("train", TINY, f"data.train_shards={shard_dir}/{{00000..00009}}.tar",
+                           f"train.out_dir={tmp_path / 'run'}"),
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "data.train_shards" in lines[0] and "3 of 10 shards of" in lines[0] and "00007.tar" in lines[0]

@@ -10,7 +10,9 @@ import pytest
 from conftest import ROOT
 
 SLURM = ROOT / "slurm"
-TEMPLATES = sorted(p for p in SLURM.glob("*.sh") if p.name != "common.sh")
+# Training templates; download_spark.sh (a Spark cluster for `prep download`) is checked below.
+DOWNLOAD = SLURM / "download_spark.sh"
+TEMPLATES = sorted(p for p in SLURM.glob("*.sh") if p.name not in ("common.sh", DOWNLOAD.name))
 
 # What slurm/common.sh's preemption/requeue story needs from each template.
 REQUIRED = {
@@ -79,7 +81,7 @@ def test_template_sets_an_existing_default_recipe_then_sources_common(template):
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
-@pytest.mark.parametrize("script", TEMPLATES + [SLURM / "common.sh"], ids=lambda p: p.name)
+@pytest.mark.parametrize("script", TEMPLATES + [SLURM / "common.sh", DOWNLOAD], ids=lambda p: p.name)
 def test_bash_syntax(script):
     r = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
@@ -101,3 +103,23 @@ def test_common_sh_exit_codes_match_the_trainer_and_nccl_diagnostics_are_on():
     assert "$FLIP_RUN_DIR/hangs/nccl_trace_rank_" in text
     assert re.search(r"^FLIP_MAX_RESTARTS=\$\{FLIP_MAX_RESTARTS:-5\}", text, re.M)
     assert re.search(r"^FLIP_EXCLUDE_FAILED_NODES=\$\{FLIP_EXCLUDE_FAILED_NODES:-1\}", text, re.M)
+
+
+def test_download_spark_template_starts_a_spark_cluster_and_requeues():
+    """What slurm/download_spark.sh must keep: requeue on USR1 with an appended log, the pip
+    package's way to start the daemons (spark-class; no sbin/), one worker per node, a wait for
+    every worker on the master's JSON, and the download against that master."""
+    text = DOWNLOAD.read_text()
+    opts = sbatch_options(text)
+    for key in ("--requeue", "--signal", "--open-mode", "--output", "--nodes", "--ntasks-per-node"):
+        assert key in opts, key
+    assert opts["--signal"] == "B:USR1@120" and opts["--open-mode"] == "append" and opts["--ntasks-per-node"] == "1"
+    assert "org.apache.spark.deploy.master.Master" in text and "org.apache.spark.deploy.worker.Worker" in text
+    assert re.search(r"srun --overlap --nodes=\"\$NODES\" --ntasks-per-node=1", text)
+    assert '/json/' in text and '"aliveworkers"' in text and '-ge "$NODES"' in text
+    assert re.search(r'-m flip_scale prep download \$FLIP_DOWNLOAD_ARGS --distributor pyspark '
+                     r'--spark-master "\$SPARK_MASTER_URL"', text)
+    assert 'scontrol requeue "$SLURM_JOB_ID"' in text and "export PYSPARK_PYTHON=" in text
+    r = subprocess.run(["bash", str(DOWNLOAD)], capture_output=True, text=True, timeout=30,
+                       env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 2 and "not inside a Slurm job" in r.stderr

@@ -81,7 +81,7 @@ class ModelConfig:
 class DataConfig:
     """Where samples come from and how they are prepared."""
 
-    train_shards: str = doc("synthetic", "webdataset shards (brace pattern, comma list, directory, URL, pipe:) or `synthetic`")
+    train_shards: str = doc("synthetic", "webdataset shards (brace pattern, comma list, directory, `prep download`'s manifest.json, URL, pipe:) or `synthetic`")
     tokenizer: str = doc("builtin", "tokenizers JSON or BERT vocab.txt; `builtin` = the synthetic captions' vocabulary")
     text_cls_token: bool = doc(False, "true = [CLS] first and [SEP] last; false = word pieces only, "
                                       "the authors' tokens (aug.txt.cls_token False)")

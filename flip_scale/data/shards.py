@@ -13,6 +13,8 @@ in torch. tests/test_data_webdataset_compat.py checks both directions with webda
 from __future__ import annotations
 
 import glob
+import json
+import logging
 import os
 import re
 import subprocess
@@ -28,6 +30,10 @@ import tarfile
 from braceexpand import braceexpand
 
 _REMOTE = ("http://", "https://", "pipe:")
+# A brace pattern may miss a few shards (img2dataset gave up on them); more than this fraction
+# missing is a wrong pattern (wrong digits, wrong folder), not link rot.
+MAX_MISSING_FRACTION = 0.01
+log = logging.getLogger(__name__)
 # webdataset's convention: the key is the path up to the first dot of the file name.
 _KEY_EXT = re.compile(r"^((?:.*/|)[^./][^.]*)\.([^/]*)$")
 
@@ -53,8 +59,10 @@ def expand_shards(spec: str) -> list[str]:
     """Expand a shard spec into shard URLs.
 
     Accepts a brace pattern ('DIR/{00000..00009}.tar'), a comma-separated list, a directory of
-    .tar files, a glob, http(s) URLs and `pipe:CMD` commands (each may hold braces). Local paths
-    that do not exist are dropped with a warning; a spec that yields no shard raises ValueError.
+    .tar files, a glob, a `prep download` manifest.json, http(s) URLs and `pipe:CMD` commands
+    (each may hold braces). Local paths that do not exist are dropped with a warning line, unless
+    they are more than 1% of those named (check_missing); a spec that yields no shard raises
+    ValueError.
     """
     if not spec or not spec.strip():
         raise ValueError("data.train_shards is empty")
@@ -67,7 +75,9 @@ def expand_shards(spec: str) -> list[str]:
                 continue
             path = item[len("file://"):] if item.startswith("file://") else item
             path = os.path.expanduser(path)
-            if os.path.isdir(path):
+            if path.endswith(".json"):
+                out.extend(shards_from_manifest(path))
+            elif os.path.isdir(path):
                 out.extend(sorted(glob.glob(os.path.join(path, "*.tar"))))
             elif any(c in path for c in "*?["):
                 out.extend(sorted(glob.glob(path)))
@@ -77,10 +87,51 @@ def expand_shards(spec: str) -> list[str]:
                 missing.append(path)
     if not out:
         raise ValueError(f"shard pattern {spec!r} matches no shards")
-    if missing:
-        warnings.warn(f"{len(missing)} shard(s) of {spec!r} do not exist and are skipped, "
-                      f"first: {missing[0]}")
+    check_missing(spec, missing, len(out) + len(missing))
     return out
+
+
+def check_missing(spec: str, missing: list[str], total: int) -> None:
+    """More than MAX_MISSING_FRACTION of the named shards missing: one-line error; fewer: one
+    warning line (the run log), and training goes on without them."""
+    if not missing:
+        return
+    first = ", ".join(os.path.basename(m) for m in missing[:3])
+    if len(missing) > MAX_MISSING_FRACTION * total:
+        raise ValueError(f"{len(missing)} of {total} shards of {spec!r} do not exist (more than "
+                         f"{MAX_MISSING_FRACTION:.0%}; first: {first}); check the pattern's digits "
+                         f"and folder, or name the download's manifest.json")
+    log.warning("%d of %d shards of %r do not exist and are skipped (first: %s)",
+                len(missing), total, spec, first)
+
+
+def shards_from_manifest(path: str) -> list[str]:
+    """The shard files a `flip-scale prep download` manifest.json lists (those holding samples);
+    relative names resolve against the manifest's folder, so the folder can move."""
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"manifest {path} does not exist") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"manifest {path} is unreadable: {e}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shard_list"), list):
+        raise ValueError(f"{path} is not a manifest written by `flip-scale prep download` "
+                         f"(no shard_list)")
+    root = os.path.dirname(os.path.abspath(path))
+    out, missing = [], []
+    for entry in manifest["shard_list"]:
+        if int(entry.get("samples", 0)) <= 0:
+            continue  # every URL of the shard failed: img2dataset wrote an empty tar
+        shard = os.path.join(root, entry["shard"])  # an absolute name stays as it is
+        (out if os.path.isfile(shard) else missing).append(shard)
+    if missing:
+        raise ValueError(f"manifest {path} lists {len(missing)} shard(s) that do not exist "
+                         f"(first: {missing[0]})")
+    if not out:
+        raise ValueError(f"manifest {path} lists no shard with samples")
+    return out
+
 
 
 class _PipeStream:

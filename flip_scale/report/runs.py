@@ -127,15 +127,20 @@ class Run:
 
 
 def data_name(train_shards: str) -> str:
-    """A short name for the training data: LAION-400M / LAION-2B by path, else the last part."""
+    """A short name for the training data: relaion2b / datacomp / LAION-400M / LAION-2B by path,
+    else the last folder. Re-LAION is checked first: a Re-LAION run is never labelled LAION-2B."""
     low = train_shards.lower().replace("-", "").replace("_", "")
+    if "relaion" in low:
+        return "relaion2b"
+    if "datacomp" in low or "commonpool" in low:
+        return "datacomp"
     if "laion2b" in low:
         return "LAION-2B"
     if "laion400m" in low:
         return "LAION-400M"
     if train_shards == "synthetic":
         return "synthetic"
-    parts = [p for p in train_shards.replace("\\", "/").split("/") if p and "{" not in p and not p.endswith(".tar")]
+    parts = [p for p in train_shards.replace("\\", "/").split("/") if p and "{" not in p and not p.endswith((".tar", ".json"))]
     return parts[-1] if parts else train_shards
 
 
