@@ -332,7 +332,7 @@ def profile_worker(shards: str, image_size: int, batch: int, samples: int) -> di
         t2 = clock()
         draws = T.sample_draws(0, n)
         img = T.open_image(sample["jpg"])
-        box = T.random_resized_crop_box(img.width, img.height, draws)
+        box = T.random_resized_crop_box(img.width, img.height, draws, image_size)
         pixels, box = T.decode_for_crop(img, sample["jpg"], box, image_size)
         t3 = clock()
         out = T.crop_resize(pixels, box, image_size)

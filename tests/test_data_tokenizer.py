@@ -124,3 +124,61 @@ def test_prep_tokenizer_command_output_loads_as_data_tokenizer(tmp_path, capsys)
                     "150", "--output", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1 and "matches no shards" in err[0]
+
+
+def _tf_text_lower_case(s: str) -> str:
+    """What tf_text's BertTokenizer(lower_case=True) (the authors' tokenizer, facebookresearch/flip
+    input_pipeline_laion.py:87) does to text before splitting (tensorflow_text bert_tokenizer.py,
+    BasicTokenizer.tokenize): case_fold_utf8 (ICU NFKC_Casefold, "NFKC normalization is implicitly
+    applied"), normalize_utf8 NFD, then regex_replace \\p{Mn} -> "". NFKC_Casefold is written here
+    as NFKC(casefold(NFKC(s))), Unicode's definition up to the default-ignorable removal."""
+    import unicodedata as u
+
+    folded = u.normalize("NFKC", u.normalize("NFKC", s).casefold())
+    return "".join(c for c in u.normalize("NFD", folded) if u.category(c) != "Mn")
+
+
+def test_normalizer_is_tf_texts_nfkc_casefold_on_every_letter():
+    """Every letter, number and symbol of the Basic Multilingual Plane (CJK ideographs aside: BERT
+    spaces them; controls, format characters and spaces: BERT's clean_text removes them), alone and
+    inside a word: our normalizer gives tf_text's lower_case text."""
+    import unicodedata as u
+
+    from tokenizers import normalizers
+
+    from flip_scale.data.tokenizer import tf_text_normalizer
+
+    def cjk(c):  # BERT's _is_chinese_char ranges in the BMP: both tokenizers split them one a token
+        return 0x4E00 <= ord(c) <= 0x9FFF or 0x3400 <= ord(c) <= 0x4DBF or 0xF900 <= ord(c) <= 0xFAFF
+
+    norm = tf_text_normalizer()
+    chars = [chr(cp) for cp in range(0x20, 0x10000) if not 0xD800 <= cp <= 0xDFFF
+             and u.category(chr(cp))[0] in "LNSP" and not cjk(chr(cp)) and cp != 0xFFFD]
+    assert len(chars) > 25000
+    differ = [c for c in chars  # (CJK spaced as BERT does, e.g. KANGXI RADICALS)
+              if norm.normalize_str(f"Ab{c}Σ") != "".join(f" {x} " if cjk(x) else x for x in _tf_text_lower_case(f"Ab{c}Σ"))]
+    # Only where tokenizers' Unicode tables are older than Python's (NFKC of 5 chars of Unicode 12-14).
+    skew = [c for c in differ if normalizers.NFKC().normalize_str(c) != u.normalize("NFKC", c)]
+    assert differ == skew and len(skew) <= 8, [hex(ord(c)) for c in differ]
+
+
+def test_vocab_txt_normalises_as_tf_text_lower_case(tmp_path):
+    """Issue 20: `ﬁsh` -> fish and `ＣＡＴ` -> cat (NFKC), `Straße` -> strasse (case fold, not
+    lowercase), accents dropped; before this the ligature was [UNK] and fullwidth letters [UNK]."""
+    vocab = SPECIAL_TOKENS + ["fish", "cat", "cats", "st", "##ras", "##se", "cafe", "σοφοσ", "##s"]
+    path = tmp_path / "vocab.txt"
+    path.write_text("\n".join(vocab) + "\n")
+    tok = load_tokenizer(str(path), 6)
+    v = {t: i for i, t in enumerate(vocab)}
+    assert tok(["ﬁsh"])[0].tolist() == [v["fish"], 0, 0, 0, 0, 0]
+    assert tok(["ＣＡＴ"])[0].tolist() == [v["cat"], 0, 0, 0, 0, 0]
+    assert tok(["Cats"])[0].tolist()[:1] == [v["cats"]]  # one piece where the vocabulary has it
+    assert tok(["Straße"])[0].tolist()[:3] == [v["st"], v["##ras"], v["##se"]]
+    assert tok(["CAFÉ ΣΟΦΟΣ σοφός"])[0].tolist()[:3] == [v["cafe"], v["σοφοσ"], v["σοφοσ"]]  # ς folds to σ
+    assert 1 not in tok(["ﬁsh ＣＡＴ Straße"])[0].tolist()  # no [UNK]
+    # The normaliser survives the JSON a run directory stores and the pickling loader workers do.
+    import pickle
+
+    tok.save(str(tmp_path / "tok.json"))
+    for again in (load_tokenizer(str(tmp_path / "tok.json"), 6), pickle.loads(pickle.dumps(tok))):
+        assert torch.equal(again(["ﬁsh ＣＡＴ"]), tok(["ﬁsh ＣＡＴ"]))

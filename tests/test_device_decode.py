@@ -213,3 +213,31 @@ def test_bench_loader_decode_device_json(tmp_path):
     side = res["device_side"]
     assert side["device"] == "cpu" and side["images_per_s"] > 0
     assert side["parity_vs_cpu"]["max_abs_full_decode_crops"] in (0, None)
+
+
+@pytest.mark.parametrize("W,H", [(640, 360), (640, 320)])
+def test_device_decode_falls_back_to_the_authors_centre_square(W, H):
+    """data.decode=device draws its box in the worker with the same sampler: after 10 failed
+    tries (16:9, 2:1 images) it ships the authors' centre square (facebookresearch/flip
+    utils/transform_util.py:54-58, 82-100: int(224/256 x short side), centred), and the device
+    crop equals the CPU path's pixels for that sample."""
+    from test_transforms import _authors_center_window, _tries_all_fail
+
+    from flip_scale.data.device_decode import Encoded, collate_encoded, encode_for_device
+    from flip_scale.data.transforms import sample_draws, train_transform
+
+    size = 224  # crops under 2x the output: the CPU path decodes full size, pixels are identical
+    keys = [i for i in range(200) if _tries_all_fail(W, H, i)][:3]
+    assert keys
+    arr = np.random.default_rng(0).integers(0, 256, (H // 32, W // 32, 3), dtype=np.uint8)
+    data = _encoded(Image.fromarray(arr).resize((W, H), Image.BICUBIC), "JPEG")
+    t = train_transform(size)
+    items = []
+    for k in keys:
+        enc = encode_for_device(data, sample_draws(0, k), t)
+        assert isinstance(enc, Encoded) and enc.box == _authors_center_window(W, H, size)
+        items.append((enc, [0] * 4, k))
+    images = decode_batch_on_device(collate_encoded(items, size), "cpu")
+    for row, k in enumerate(keys):
+        cpu, _ = t.apply(data, sample_draws(0, k))
+        assert torch.equal(images[row], cpu), k

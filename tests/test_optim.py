@@ -44,7 +44,7 @@ def test_flip_peak_lr_is_base_lr_times_batch_over_256():
 def test_lr_schedule_warmup_then_cosine_to_zero():
     cfg = load_plan_config(str(L16), [], world_size=256)
     peak, warm, total = cfg.peak_lr, cfg.train.warmup_samples, cfg.train.samples
-    assert (warm, total) == (51_200_000, 12_800_000_000)  # FLIP_FACTS: 51.2M warmup, 12.8B samples
+    assert (warm, total) == (760 * 65536, 190_000 * 65536)  # the authors' steps (FLIP_FACTS: "51.2M", "12.8B")
     lr = lambda s: lr_at(s, peak, warm, total)  # noqa: E731
     mid = warm + (total - warm) // 2
     assert lr(0) == 0.0

@@ -33,10 +33,31 @@ def test_the_recipe_globs_find_the_recipes():
     assert (len(PAPER_RECIPES), len(RUNS)) == (19, 36)  # flip 7, studies 6 + 6 tunings; + ablations 17
 
 
-PAPER = {  # FLIP_FACTS.md: model, warmup; Table 2 zero-shot IN-1k (measured after unmasked tuning)
-    "b16_laion400m": ("vit_b16", 51_200_000, 68.0),
-    "l16_laion400m": ("vit_l16", 51_200_000, 74.3),
-    "h14_laion400m": ("vit_h14", 256_000_000, 75.5),
+def authors_samples(virtual_epochs: float, batch: int = 65536) -> int:
+    """Samples the authors' code trains for `virtual_epochs` (facebookresearch/flip): train.py:313
+    `steps_per_epoch = config.samples_per_epoch // config.batch_size` with samples_per_epoch
+    1281167 (configs/default.py:74), and the loop train.py:428-432 runs `int(num_epochs)` epochs
+    of `steps_per_epoch` steps of `batch_size` samples; the lr schedule's warmup is
+    `warmup_epochs * steps_per_epoch` steps (t5x/train_state_initializer.py:49,59)."""
+    return int(virtual_epochs * (1281167 // batch)) * batch
+
+
+def test_the_authors_arithmetic_gives_the_issues_numbers():
+    """Issue 20 item 8's numbers, from the formula: the paper's "12.8B" is nominal."""
+    assert 1281167 // 65536 == 19
+    assert authors_samples(10000) == 190_000 * 65536 == 12_451_840_000  # default.py:26 num_epochs
+    assert authors_samples(40) == 760 * 65536 == 49_807_360              # default.py:22 warmup_epochs
+    assert authors_samples(200) == 3_800 * 65536 == 249_036_800          # cfg_flip_huge14.py:22
+    assert authors_samples(20000) == 24_903_680_000                      # cfg_flip_*_L2B_2x.py:17-18
+    assert (authors_samples(100), authors_samples(20)) == (124_518_400, 24_903_680)  # README tuning
+    # What the paper rounds: 12.8B would be 195,312.5 steps; ours were 2.8% longer than the authors'.
+    assert 12_800_000_000 / authors_samples(10000) == pytest.approx(1.028, abs=1e-3)
+
+
+PAPER = {  # FLIP_FACTS.md: model, warmup (virtual epochs); Table 2 zero-shot IN-1k (after unmasked tuning)
+    "b16_laion400m": ("vit_b16", 40, 68.0),   # configs/default.py:22 warmup_epochs = 40.0
+    "l16_laion400m": ("vit_l16", 40, 74.3),
+    "h14_laion400m": ("vit_h14", 200, 75.5),  # configs/cfg_flip_huge14.py:22 warmup_epochs = 200
 }
 
 
@@ -50,12 +71,13 @@ def _expected(path) -> str:
 
 
 def _assert_authors_tuning(tune, pre, init_from):
-    """The authors' README, "Unmasked tuning": the pre-training config with
-    model_img.mask_ratio=0.0, learning_rate=4e-8, num_epochs=100 (x 1,281,167 = 128M samples),
-    warmup_epochs=20 (25.6M); batch and checkpointing change only "to avoid out of memory"."""
+    """The authors' README, "Unmasked tuning" (README.md:104-113): the pre-training config with
+    model_img.mask_ratio=0.0, learning_rate=4e-8, num_epochs=100, warmup_epochs=20, counted in
+    steps of 19 x 65536 (124,518,400 / 24,903,680 samples); batch and checkpointing change only
+    "to avoid out of memory"."""
     assert tune.model.mask_ratio == 0.0 and tune.model.name == pre.model.name
-    assert tune.train.base_lr == 4e-8 and tune.train.warmup_samples == 25_600_000
-    assert tune.train.samples == 128_000_000 and tune.train.init_from == init_from
+    assert tune.train.base_lr == 4e-8 and tune.train.warmup_samples == authors_samples(20) == 24_903_680
+    assert tune.train.samples == authors_samples(100) == 124_518_400 and tune.train.init_from == init_from
     assert tune.train.global_batch_size == pre.train.global_batch_size == 65536
     assert tune.data.train_shards == pre.data.train_shards
 
@@ -68,9 +90,10 @@ def test_paper_runs_match_flip_facts(name):
     assert cfg.model.name == model and cfg.model.mask_ratio == 0.5 and cfg.model.text_length == 32
     assert cfg.model.image_pool == "mean_all" and cfg.data.image_size == 224
     assert cfg.eval.templates == "7"  # zero-shot with 7 of CLIP's 80 templates, as FLIP evaluated
-    assert cfg.train.global_batch_size == 65536 and cfg.train.samples == 12_800_000_000
+    assert cfg.train.global_batch_size == 65536 and cfg.train.samples == authors_samples(10000)
     assert cfg.train.base_lr == 4e-6 and cfg.peak_lr == pytest.approx(1.024e-3)
-    assert cfg.train.warmup_samples == warmup
+    assert cfg.train.warmup_samples == authors_samples(warmup)
+    assert cfg.train.samples % cfg.train.global_batch_size == 0  # whole steps, as their loop runs
     assert (cfg.train.beta1, cfg.train.beta2, cfg.train.weight_decay) == (0.9, 0.95, 0.2)
 
     tune_path = ROOT / f"recipes/flip/{name}_unmasked_tuning.yaml"
@@ -88,22 +111,25 @@ def test_l14_is_one_tuning_stage_of_the_l16_pretraining():
     path = ROOT / "recipes/flip/l14_laion400m.yaml"
     cfg = load_recipe(path, check_files=False)
     assert cfg.model.name == "vit_l14"
-    assert cfg.model.mask_ratio == 0.0 and cfg.train.base_lr == 4e-8 and cfg.train.samples == 128_000_000
-    assert cfg.train.warmup_samples == 25_600_000 and cfg.train.init_from == "runs/flip/l16_laion400m"
+    assert cfg.model.mask_ratio == 0.0 and cfg.train.base_lr == 4e-8 and cfg.train.samples == authors_samples(100)
+    assert cfg.train.warmup_samples == authors_samples(20) and cfg.train.init_from == "runs/flip/l16_laion400m"
     assert cfg.train.global_batch_size == l16.train.global_batch_size
     assert not (ROOT / "recipes/flip/l14_laion400m_unmasked_tuning.yaml").exists()
     assert "top-1 74.6" in _expected(path) and "ASSUMPTIONS" in path.read_text()
 
 
-# FLIP_FACTS.md Table 8: case -> (model, data, samples)
+# FLIP_FACTS.md Table 8: case -> (model, data, the paper's nominal samples)
 TABLE8 = {
-    "l16_laion400m_12.8b": ("vit_l16", "laion400m", 12.8e9),
-    "h14_laion400m_12.8b": ("vit_h14", "laion400m", 12.8e9),
-    "l16_laion2b_12.8b": ("vit_l16", "laion2b", 12.8e9),
-    "l16_laion400m_25.6b": ("vit_l16", "laion400m", 25.6e9),
-    "h14_laion2b_12.8b": ("vit_h14", "laion2b", 12.8e9),
-    "h14_laion2b_25.6b": ("vit_h14", "laion2b", 25.6e9),
+    "l16_laion400m_12.8b": ("vit_l16", "laion400m", 12_800_000_000),
+    "h14_laion400m_12.8b": ("vit_h14", "laion400m", 12_800_000_000),
+    "l16_laion2b_12.8b": ("vit_l16", "laion2b", 12_800_000_000),
+    "l16_laion400m_25.6b": ("vit_l16", "laion400m", 25_600_000_000),
+    "h14_laion2b_12.8b": ("vit_h14", "laion2b", 12_800_000_000),
+    "h14_laion2b_25.6b": ("vit_h14", "laion2b", 25_600_000_000),
 }
+# The release's virtual epochs behind each nominal length: configs/cfg_flip_large.py:19 (10000),
+# cfg_flip_large_L2B_2x.py:17 and cfg_flip_huge14_L2B_2x.py:18 (20000).
+EPOCHS = {12_800_000_000: 10000, 25_600_000_000: 20000}
 
 
 def test_every_scaling_study_row_exists_with_the_papers_settings():
@@ -114,13 +140,14 @@ def test_every_scaling_study_row_exists_with_the_papers_settings():
     cases = {(c["model"], "laion2b" if "2B" in c["data"] else "laion400m", c["samples"]): c for c in TABLE_8}
     for name, (model, data, samples) in TABLE8.items():
         cfg = load_recipe(rows[name], check_files=False)
-        assert cfg.model.name == model and cfg.train.samples == samples and cfg.model.mask_ratio == 0.5
+        assert cfg.model.name == model and cfg.train.samples == authors_samples(EPOCHS[samples])
+        assert cfg.model.mask_ratio == 0.5
         assert data in cfg.data.train_shards and cfg.train.global_batch_size == 65536
         # configs/cfg_flip_large_L2B_2x.py and cfg_flip_huge14_L2B_2x.py, the release's only 25.6B
         # (20000 virtual epochs) configs: config.learning_rate = 2e-6; the 12.8B ones keep 4e-6.
-        assert cfg.train.base_lr == (2e-6 if samples == 25.6e9 else 4e-6), name
-        # warmup_epochs 40 (default.py) / 200 (cfg_flip_huge14*.py) virtual epochs of 1,281,167
-        assert cfg.train.warmup_samples == (256_000_000 if "h14" in name else 51_200_000)
+        assert cfg.train.base_lr == (2e-6 if samples == 25_600_000_000 else 4e-6), name
+        # warmup_epochs 40 (default.py:22) / 200 (cfg_flip_huge14.py:22, cfg_flip_huge14_L2B_2x.py:20)
+        assert cfg.train.warmup_samples == authors_samples(200 if "h14" in name else 40)
         # Table 8's numbers are after unmasked tuning: its baseline row (74.3 / 83.6 / 86.9) is
         # Table 2/3's tuned FLIP L/16. So every row has a tuning stage carrying the number.
         tune_path = ROOT / "recipes/studies/tuning" / f"{name}.yaml"
@@ -164,12 +191,21 @@ def test_table1_ablation_grid_is_complete():
         for batch in (16, 32, 64):
             cfg = load_recipe(abl / f"a_mask{mask:02d}_batch{batch}k.yaml", check_files=False)
             assert cfg.model.mask_ratio == mask / 100 and cfg.train.global_batch_size == batch * 1024
-            assert cfg.train.samples == 2_560_000_000 and cfg.model.name == "vit_l16"
+            # ASSUMPTION (no ablation config ships): "6.4 epochs" = 2000 virtual epochs (the
+            # release's 10000 ~= 32 epochs, cfg_flip_large.py:18), counted per batch as train.py:313 does.
+            assert cfg.train.samples == authors_samples(2000, cfg.train.global_batch_size), cfg.train
+            assert cfg.train.warmup_samples == authors_samples(40, cfg.train.global_batch_size)
+            assert cfg.model.name == "vit_l16"
     assert load_recipe(abl / "c_text_mask_random.yaml", check_files=False).model.text_mask == "random"
     assert load_recipe(abl / "c_text_mask_padding_first.yaml", check_files=False).model.text_mask_ratio == 0.5
     assert load_recipe(abl / "d_inference_mask75.yaml", check_files=False).model.eval_mask_ratio == 0.75
-    tune = load_recipe(abl / "e_unmasked_tuning_mask50.yaml", check_files=False)
-    assert tune.model.mask_ratio == 0 and tune.train.samples == 128_000_000
+    for name in ("c_text_mask_random", "c_text_mask_padding_first"):  # 64k rows
+        cfg = load_recipe(abl / f"{name}.yaml", check_files=False)
+        assert (cfg.train.samples, cfg.train.warmup_samples) == (authors_samples(2000), authors_samples(40))
+    for mask in (50, 75):  # both tunings at 32k: 100 / 20 epochs of 39 steps
+        tune = load_recipe(abl / f"e_unmasked_tuning_mask{mask}.yaml", check_files=False)
+        assert tune.model.mask_ratio == 0 and tune.train.global_batch_size == 32768
+        assert (tune.train.samples, tune.train.warmup_samples) == (authors_samples(100, 32768), authors_samples(20, 32768))
     assert load_recipe(abl / "f_reconstruction_mask75.yaml", check_files=False).model.reconstruction_weight > 0
 
 
@@ -271,3 +307,15 @@ def test_header_command_names_real_files_and_the_headers_hardware(path):
     else:
         return  # an evaluation command (Table 1d): no job of its own
     assert hardware and nodes == int(hardware.group(1)), f"{path.name}: command runs on {nodes} nodes"
+
+
+def test_the_fidelity_page_shows_what_print_config_prints():
+    """docs/fidelity.md's sample output is the recipe's: a changed length breaks this test."""
+    from flip_scale.config import dump_config
+
+    page = (ROOT / "docs/fidelity.md").read_text()
+    cfg = load_recipe(ROOT / "recipes/flip/l16_laion400m.yaml", check_files=False)
+    printed = dump_config(cfg)
+    for key in ("global_batch_size", "samples", "warmup_samples"):
+        line = next(x for x in printed.splitlines() if x.startswith(f"  {key}:"))
+        assert f"\n{line}\n" in page, line

@@ -38,3 +38,20 @@ def test_a_pretraining_alone_fills_no_case(tmp_path):
     headers, rows = table_8([pre])
     assert all(r[headers.index("run")] == "-" for r in rows[:6])
     assert rows[6][0] == "(ours) h14_joint"
+
+
+def test_a_run_of_the_papers_nominal_length_matches_too(tmp_path):
+    """The recipes train the authors' step count (12,451,840,000 samples: facebookresearch/flip
+    train.py:313 and configs/default.py:26,74); a run made with the paper's round 12.8B (older
+    recipes, or a user's override) is the same case."""
+    pre = _run(tmp_path, "recipes/studies/l16_laion400m_12.8b.yaml", "l16_pre", 0.731,
+               ["train.samples=12800000000"])
+    tune = _run(tmp_path, "recipes/studies/tuning/l16_laion400m_12.8b.yaml", "l16_tune", 0.742,
+                [f"train.init_from={pre.path}"])
+    assert pre.samples == 12_800_000_000
+    headers, rows = table_8([pre, tune])
+    assert {r[0]: r for r in rows}["baseline"][headers.index("run")] == "l16_tune"
+    odd = _run(tmp_path, "recipes/studies/l16_laion400m_12.8b.yaml", "l16_odd", 0.7, ["train.samples=12000000000"])
+    tune2 = _run(tmp_path, "recipes/studies/tuning/l16_laion400m_12.8b.yaml", "t2", 0.7, [f"train.init_from={odd.path}"])
+    headers, rows = table_8([odd, tune2])
+    assert {r[0]: r for r in rows}["baseline"][headers.index("run")] == "-"  # another schedule

@@ -189,3 +189,63 @@ def test_bad_bytes_raise():
     for bad in (b"not an image", _jpeg(_photo(64, 64))[:200]):
         with pytest.raises(Exception):
             train_transform(32)(bad, sample_draws(0, 0))
+
+
+def _tries_all_fail(width: int, height: int, key: int) -> bool:
+    """Replays the sampler's 10 tries (2 draws each) for draw key `key`: does none fit?"""
+    d = sample_draws(0, key)
+    for _ in range(10):
+        area = width * height * d.uniform(*AREA)
+        aspect = math.exp(d.uniform(math.log(ASPECT[0]), math.log(ASPECT[1])))
+        w, h = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if w <= width and h <= height:
+            return False
+    return True
+
+
+def _authors_center_window(width: int, height: int, image_size: int = 224):
+    """facebookresearch/flip utils/transform_util.py:82-100 (`_get_center_crop_window`, the
+    fallback of crop v4 at :54-58), transcribed: size = int(image_size / (image_size + 32) *
+    min(h, w)) in float32, offsets ((side - size) + 1) // 2. As (left, top, w, h)."""
+    size = int(np.float32(image_size / (image_size + 32)) * np.float32(min(width, height)))
+    return ((width - size) + 1) // 2, ((height - size) + 1) // 2, size, size
+
+
+@pytest.mark.parametrize("width,height,rate", [(640, 360, 0.16), (640, 320, 0.44), (320, 640, 0.44)])
+def test_fallback_after_ten_failed_tries_is_the_authors_centre_square(width, height, rate):
+    """16:9 and 2:1 images: when no try fits, the box is the authors' centre square of 224/256 of
+    the short side (not torchvision's 4:3 box of full height); every other box is unchanged."""
+    fell = 0
+    for i in range(1000):
+        box = random_resized_crop_box(width, height, sample_draws(0, i), 224)
+        if _tries_all_fail(width, height, i):
+            fell += 1
+            assert box == _authors_center_window(width, height), (i, box)
+        else:  # a random box: area >= 0.5 of the image (rounding aside), within the image
+            assert box[2] * box[3] >= 0.49 * width * height and box[0] + box[2] <= width
+    assert fell / 1000 == pytest.approx(rate, abs=0.04)  # issue 20's measured rates
+    # The concrete numbers: 224/256 x 360 = 315 px square at the centre of a 640 x 360 image.
+    assert _authors_center_window(640, 360) == (163, 23, 315, 315)
+    assert T.center_crop_box(640, 320, 224) == (180, 20, 280, 280)
+    # The fraction follows the output size, as image_size / (image_size + CROP_PADDING) does there.
+    assert T.center_crop_box(640, 320, 32) == _authors_center_window(640, 320, 32) == (240, 80, 160, 160)
+
+
+@pytest.mark.parametrize("size", [224, 32])
+def test_a_fallback_view_shows_the_centre_square_unsquashed(size):
+    """Through the real transform (bytes and PIL paths): a view that fell back is the centre
+    square resized with its aspect kept (torchvision's whole-height 4:3 box is squashed square)."""
+    W, H = 512, 256
+    key = next(i for i in range(1000) if _tries_all_fail(W, H, i))
+    img = Image.fromarray(_photo(W, H))
+    left, top, w, h = _authors_center_window(W, H, size)
+    px = torch.from_numpy(np.array(img)).permute(2, 0, 1)
+    want = T.crop_resize(px, (left, top, w, h), size)
+    got, flipped = train_transform(size).apply(img, sample_draws(0, key))
+    assert torch.equal(got, want.flip(-1) if flipped else want)
+    data = _jpeg(np.asarray(img))
+    got_b, flipped_b = train_transform(size).apply(data, sample_draws(0, key))
+    full = torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
+    ref = T.crop_resize(full, (left, top, w, h), size)
+    ref = ref.flip(-1) if flipped_b else ref
+    assert flipped_b == flipped and (got_b.float() - ref.float()).abs().mean() < 2.5

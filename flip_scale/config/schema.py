@@ -132,9 +132,9 @@ class TrainConfig:
     """Length, optimizer, schedule, output."""
 
     global_batch_size: int = doc(32768, "samples per optimizer step over all ranks (FLIP ablations: 32k; best: 64k)")
-    samples: int = doc(2_560_000_000, "samples seen in the whole run (FLIP: 12.8B; ablations 2.56B)")
+    samples: int = doc(2_560_000_000, "samples seen in the whole run (FLIP: 12,451,840,000, the paper's nominal 12.8B)")
     base_lr: float = doc(4e-6, "lr per 256 samples; peak lr = base_lr * global_batch_size / 256")
-    warmup_samples: int = doc(51_200_000, "linear warmup length in samples (FLIP: 51.2M for B/L, 256M for H)")
+    warmup_samples: int = doc(51_200_000, "linear warmup length in samples (FLIP: 49,807,360 for B/L, 249,036,800 for H)")
     weight_decay: float = doc(0.2, "AdamW decoupled weight decay; none on biases, LayerNorm scales, position embeddings (as the authors)")
     beta1: float = doc(0.9, "AdamW beta1")
     beta2: float = doc(0.95, "AdamW beta2 (FLIP: 0.95)")

@@ -73,7 +73,7 @@ def encode_for_device(data: bytes, draws: Draws, transform: TrainTransform) -> E
     header = open_image(data)
     if (decode_jpeg is not None and header.format == "JPEG" and header.mode in ("RGB", "L")
             and _ends_with_eoi(data)):
-        box = random_resized_crop_box(header.width, header.height, draws)
+        box = random_resized_crop_box(header.width, header.height, draws, transform.image_size)
         return Encoded(data, box, draws.uniform() < 0.5)  # maybe_flip's draw, in its order
     return transform.apply(data, draws)[0]
 

@@ -20,8 +20,11 @@ vocabularies). FLIP uses no attention mask, so padding must be a stable id. Two 
 
 from __future__ import annotations
 
+import functools
 import os
 import string
+import sys
+import unicodedata
 from typing import Iterable, Iterator, Sequence
 
 import torch
@@ -31,14 +34,49 @@ from tokenizers.models import WordPiece
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4, BERT's order of roles
 
 
-def _bert_pipeline(tok: Tokenizer) -> Tokenizer:
-    """Give a WordPiece model BERT-uncased normalisation, splitting, decoding and [CLS]/[SEP].
+def _strip_accents(s: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFD", s) if unicodedata.category(c) != "Mn")
 
-    Lowercasing with accent stripping (BertNormalizer: strip_accents None follows lowercase)
-    matches tf_text's BertTokenizer(lower_case=True), which case-folds, NFD-normalises and
-    drops combining marks."""
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                strip_accents=None, lowercase=True)
+
+@functools.lru_cache(maxsize=1)
+def _casefold_rules() -> tuple[tuple[str, str], ...]:
+    """(char, its NFKC case fold) for every char that lowercasing leaves alone but case folding
+    changes (ß -> ss, final ς -> σ, ᾳ -> αι, Cherokee, ...): where NFKC_Casefold and NFKC +
+    lowercase disagree. 162 with Python 3.11's Unicode tables (a scan of ~1 s, once a process)."""
+    rules = []
+    for cp in range(sys.maxunicode + 1):
+        c = chr(cp)
+        folded = c.casefold()
+        if folded != c and c.lower() == c and not 0xD800 <= cp <= 0xDFFF:
+            folded = unicodedata.normalize("NFKC", folded)
+            if folded != c:
+                rules.append((c, folded))
+    return tuple(rules)
+
+
+def tf_text_normalizer(vocab: Sequence[str] | None = None) -> normalizers.Normalizer:
+    """tf_text's BertTokenizer(lower_case=True) normalisation, which the authors tokenise with
+    (facebookresearch/flip input_pipeline_laion.py:87): `case_fold_utf8` (ICU NFKC_Casefold:
+    `ﬁsh` -> fish, `ＣＡＴ` -> cat, ß -> ss), NFD, combining marks (Mn) dropped, control and
+    format characters removed; then BERT's splitting. tokenizers' BertNormalizer alone only
+    lowercases (ﬁ stays one unknown character, fullwidth letters stay fullwidth), so NFKC and
+    the case-fold rules run first. With a vocabulary, a rule whose two sides share no character
+    with it is left out (the word is [UNK] either way): 74 of 162 for BERT's vocab.txt."""
+    rules = _casefold_rules()
+    if vocab is not None:
+        chars = {c for tok in vocab for c in (tok[2:] if tok.startswith("##") else tok)}
+        rules = tuple((c, f) for c, f in rules if chars & set(_strip_accents(c) + _strip_accents(f)))
+    return normalizers.Sequence(
+        [normalizers.NFKC(), normalizers.Lowercase()]
+        + [normalizers.Replace(c, f) for c, f in rules]
+        + [normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=True,
+                                      lowercase=False)])
+
+
+def _bert_pipeline(tok: Tokenizer, vocab: Sequence[str] | None = None) -> Tokenizer:
+    """Give a WordPiece model the authors' (tf_text) uncased normalisation, BERT splitting,
+    decoding and [CLS]/[SEP]."""
+    tok.normalizer = tf_text_normalizer(vocab)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##")
     # Mark the specials as special (ids unchanged) so decode(skip_special_tokens) drops them
@@ -76,7 +114,7 @@ def builtin_vocab() -> list[str]:
 def _from_vocab(tokens: Sequence[str]) -> Tokenizer:
     vocab = {t: i for i, t in enumerate(tokens)}
     return _bert_pipeline(Tokenizer(WordPiece(vocab=vocab, unk_token="[UNK]",
-                                              max_input_chars_per_word=100)))
+                                              max_input_chars_per_word=100)), tokens)
 
 
 class TextTokenizer:
@@ -202,7 +240,7 @@ def train_tokenizer(shards: str, vocab_size: int, output: str,
     from tokenizers.trainers import WordPieceTrainer
 
     tok = Tokenizer(WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=None)
+    tok.normalizer = tf_text_normalizer()  # the same text the tokenizer will later see
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     trainer = WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                min_frequency=1, continuing_subword_prefix="##",
@@ -219,7 +257,7 @@ def train_tokenizer(shards: str, vocab_size: int, output: str,
     tok.train_from_iterator(counted(), trainer=trainer)
     if n == 0:
         raise ValueError(f"no captions found in {shards!r}")
-    _bert_pipeline(tok)
+    _bert_pipeline(tok, list(tok.get_vocab()))
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     tok.save(output)
     vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])

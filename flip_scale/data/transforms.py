@@ -101,9 +101,24 @@ def to_normalized_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
-def random_resized_crop_box(width: int, height: int, draws: Draws,
+# The authors' centre crop keeps image_size / (image_size + CROP_PADDING) of the short side
+# (facebookresearch/flip utils/transform_util.py:11,82-100: 224/256 at 224 px).
+CROP_PADDING = 32
+
+
+def center_crop_box(width: int, height: int, image_size: int) -> tuple[int, int, int, int]:
+    """The authors' fallback window (utils/transform_util.py:82-100, `_get_center_crop_window`):
+    a centred square of int(image_size / (image_size + 32) * short side), offset
+    ((side - size) + 1) // 2, the product taken in float32 as tf does."""
+    frac = np.float32(image_size / (image_size + CROP_PADDING))
+    size = max(1, int(frac * np.float32(min(width, height))))
+    return (width - size + 1) // 2, (height - size + 1) // 2, size, size
+
+
+def random_resized_crop_box(width: int, height: int, draws: Draws, image_size: int = 224,
                             scale=TRAIN_SCALE, ratio=TRAIN_RATIO) -> tuple[int, int, int, int]:
-    """torchvision's RandomResizedCrop box sampling: (left, top, crop_w, crop_h)."""
+    """RandomResizedCrop box sampling as the authors' crop v4 (utils/transform_util.py:17-65,
+    after timm/torchvision): (left, top, crop_w, crop_h). `image_size` sizes the fallback."""
     area = width * height
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
@@ -115,15 +130,10 @@ def random_resized_crop_box(width: int, height: int, draws: Draws,
             top = draws.randint(height - h + 1)
             left = draws.randint(width - w + 1)
             return left, top, w, h
-    # Fallback (extreme aspect ratios): central crop clamped to the allowed ratio range.
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        h, w = height, int(round(height * ratio[1]))
-    else:
-        w, h = width, height
-    return (width - w) // 2, (height - h) // 2, w, h
+    # No try fitted (16% of views of a 16:9 image, 44% at 2:1): the authors' fallback
+    # (transform_util.py:54-58) is their eval centre crop, a square of 224/256 of the short side,
+    # not torchvision's whole-height 4:3 box (which the square resize would squash).
+    return center_crop_box(width, height, image_size)
 
 
 def open_image(data: bytes) -> Image.Image:
@@ -202,10 +212,10 @@ class TrainTransform:
         S = self.image_size
         if isinstance(img, (bytes, bytearray, memoryview)):
             header = open_image(bytes(img))
-            box = random_resized_crop_box(header.width, header.height, draws)
+            box = random_resized_crop_box(header.width, header.height, draws, S)
             pixels, box = decode_for_crop(header, img, box, S)
         else:
-            box = random_resized_crop_box(img.width, img.height, draws)
+            box = random_resized_crop_box(img.width, img.height, draws, S)
             pixels = _pil_pixels(img)
         return maybe_flip(crop_resize(pixels, box, S), draws)
 

@@ -70,6 +70,22 @@ class FlipModel(nn.Module):
         x = self.text(tokens, noise)
         return F.normalize(x, dim=-1) if normalize else x
 
+    # A backend whose parameters are low-precision working copies of fp32 masters (DeepSpeed
+    # bf16) sets this to a function returning the logit scale's fp32 master value.
+    logit_scale_master = None
+
+    def logit_scale_fp32(self) -> torch.Tensor:
+        """ln(temperature) in fp32, as the loss must see it: in bf16 its spacing near ln 100 is
+        2^-5, i.e. steps of 3% in exp and a ceiling of 99.0 instead of 100. The parameter where it
+        is fp32 (single, ddp; fsdp keeps it out of its bf16 cast); else the fp32 master's value,
+        with the gradient flowing to the working copy (p + (master - p) is exactly the master:
+        the two are within a factor of 2, so the difference is exact in fp32)."""
+        p = self.logit_scale.float()
+        master = self.logit_scale_master() if self.logit_scale_master is not None else None
+        if master is None:
+            return p
+        return p + (master.detach().to(p.device, torch.float32).reshape(p.shape) - p.detach())
+
     def clamp_logit_scale(self) -> None:
         """FLIP clips the temperature to [0, ln 100]; call after every optimizer step."""
         with torch.no_grad():
@@ -83,7 +99,7 @@ class FlipModel(nn.Module):
         images = float_images(images)  # uint8 from the loader; the decoder's targets need floats too
         if mask_ratio is None:
             mask_ratio = self.mask_ratio if self.training else 0.0
-        out = {"logit_scale": self.logit_scale.clamp(0.0, LOGIT_SCALE_MAX).exp(),
+        out = {"logit_scale": self.logit_scale_fp32().clamp(0.0, LOGIT_SCALE_MAX).exp(),
                "text_features": self.encode_text(tokens, noise=text_noise)}
         if self.decoder is None:
             out["image_features"] = self.encode_image(images, mask_ratio, noise)

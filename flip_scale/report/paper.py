@@ -19,6 +19,19 @@ TABLE_8 = [
     {"case": "model + data + schedule", "model": "vit_h14", "data": "LAION-2B", "samples": 25_600_000_000,
      "in1k": 78.8, "flickr_i2t": 93.1, "coco_i2t": 67.8, "flickr_t2i": 80.9, "coco_t2i": 50.5},
 ]
+# The paper's "12.8B" / "25.6B" are nominal: the authors' loop (facebookresearch/flip train.py:313,
+# 428-432) trains `samples_per_epoch // batch_size` = 1281167 // 65536 = 19 steps per virtual epoch
+# (configs/default.py:30,74) for 10000 (default.py:26) or 20000 (cfg_*_L2B_2x.py:17-18) of them.
+AUTHORS_STEPS_PER_EPOCH = 1_281_167 // 65536
+AUTHORS_SAMPLES = {12_800_000_000: 10000 * AUTHORS_STEPS_PER_EPOCH * 65536,   # 12,451,840,000
+                   25_600_000_000: 20000 * AUTHORS_STEPS_PER_EPOCH * 65536}   # 24,903,680,000
+
+
+def same_schedule(samples: int, paper_samples: int) -> bool:
+    """A run of the paper's nominal length or of the authors' step count is the paper's schedule."""
+    return samples in (paper_samples, AUTHORS_SAMPLES.get(paper_samples))
+
+
 # Which eval/*.json dataset names feed which Table 8 column (CLIP_benchmark's names; the
 # image->text column is CLIP_benchmark's `text_retrieval`: an image query finds a caption).
 DATASET_COLUMNS = {

@@ -3,7 +3,7 @@ paper's numbers beside ours. Rendering to Markdown/HTML lives in render.py."""
 from __future__ import annotations
 
 from .grouping import fmt_value
-from .paper import DATASET_COLUMNS, TABLE_8, TABLE_8_COLUMNS
+from .paper import DATASET_COLUMNS, TABLE_8, TABLE_8_COLUMNS, same_schedule
 from .runs import Run
 
 DASH = "-"
@@ -70,7 +70,7 @@ def _matches(run: Run, case: dict, runs: list[Run]) -> bool:
     init_from, among the loaded runs) has the case's model, data, schedule and 50% mask."""
     pre = _pretraining_of(run, runs) if run.mask_ratio == 0 else None
     return (pre is not None and pre.model == case["model"] == run.model and pre.data == case["data"]
-            and pre.samples == case["samples"] and abs(pre.mask_ratio - 0.5) < 1e-9)
+            and same_schedule(pre.samples, case["samples"]) and abs(pre.mask_ratio - 0.5) < 1e-9)
 
 
 TABLE_8_HEADERS = ["case", "model", "data", "samples", "run"] + [

@@ -6,7 +6,7 @@ groups) handed to the engine: DeepSpeed's FusedAdam on CUDA, torch's AdamW elsew
 no DeepSpeed scheduler: the trainer sets the lr every step through `step(lr)`.
 
 Precision: with bf16 DeepSpeed keeps bf16 working weights and fp32 master weights inside the
-ZeRO optimizer. Autocast is off: the weights already are bf16, and CPU autocast cannot mix
+ZeRO optimizer. The logit scale reaches the loss from its fp32 master (FlipModel.logit_scale_fp32). Autocast is off: the weights already are bf16, and CPU autocast cannot mix
 fp32 LayerNorm inputs with bf16 weights. Instead the image input and each block's input are
 cast to bf16 (bf16_inputs.py); the masking noise keeps its float64.
 
@@ -135,6 +135,17 @@ class DeepSpeedBackend(Backend):
         self.engine = engine
         self.module = engine  # the trainer calls the engine's forward
         self.optimizer = ds_optimizer
+        if self.cfg.parallel.precision == "bf16":
+            # The bf16 working copy of ln(temperature) has a 2^-5 spacing near ln 100: the loss
+            # would see exp() in 3% steps, ceiling 99.0. The model reads the fp32 master instead.
+            self.model.logit_scale_master = self._logit_scale_master
+
+    def _logit_scale_master(self) -> torch.Tensor | None:
+        """The fp32 master of ln(temperature), on every rank: a one-element all-reduce (ZeRO 1/2)
+        or all-gather (ZeRO 3) inside forward, which every rank runs alike."""
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        return safe_get_full_fp32_param(self.model.logit_scale)
 
     # -- step -------------------------------------------------------------------------------
     def backward(self, loss: torch.Tensor) -> None:

@@ -7,7 +7,8 @@ checkpoint wrapper / compiled block must already be the module it sees.
 
 Precision: with parallel.precision bf16 the blocks compute on bf16 copies of the parameters
 gathered by FSDP (MixedPrecisionPolicy), the sharded fp32 parameters stay the optimizer's
-master weights, and gradients are reduced in fp32. Autocast is therefore off (nullcontext):
+master weights, and gradients are reduced in fp32. The logit scale is left out of FSDP (a
+replicated fp32 parameter), so the loss sees exp() of the fp32 value. Autocast is therefore off (nullcontext):
 the parameters already are bf16 in forward, and autocast on top would only add casts.
 
 Checkpoints are torch.distributed.checkpoint (DCP) folders: each rank writes its own shards,
@@ -62,6 +63,12 @@ def text_units(blocks, blocks_per_unit: int) -> list:
     return [blocks[i:i + blocks_per_unit] for i in range(0, len(blocks), blocks_per_unit)]
 
 
+def replicated_params(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters FSDP leaves alone (plain fp32 tensors on every rank, gradients averaged by
+    FSDPBackend.step): the one-element logit scale."""
+    return [model.logit_scale]
+
+
 def apply_fsdp(model: nn.Module, mesh, precision: str, reshard: dict | None = None, blocks_per_unit: int = 1) -> None:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -82,9 +89,12 @@ def apply_fsdp(model: nn.Module, mesh, precision: str, reshard: dict | None = No
         # A list is one FSDP unit (one parameter group); names and state dicts are unchanged.
         fully_shard(unit if len(unit) > 1 else unit[0], mesh=mesh, mp_policy=block_mp,
                     reshard_after_forward=reshard["text"])
-    # The root holds embeddings, norms, projections and the logit scale; it stays gathered
-    # after forward since backward needs it first anyway.
-    fully_shard(model, mesh=mesh, mp_policy=root_mp, reshard_after_forward=False)
+    # The root holds embeddings, norms, projections; it stays gathered after forward since
+    # backward needs it first anyway. The logit scale is not FSDP's: in the bf16 copy the root
+    # policy would make, ln(temperature) has a 2^-5 spacing near ln 100 (exp in 3% steps,
+    # ceiling 99.0). It stays a replicated fp32 parameter; FSDPBackend averages its gradient.
+    fully_shard(model, mesh=mesh, mp_policy=root_mp, reshard_after_forward=False,
+                ignored_params=set(replicated_params(model)))
     if bf16:
         cast_image_input(model)  # the root leaves images fp32; the patch-embedding conv needs bf16
 
@@ -147,18 +157,37 @@ class FSDPBackend(Backend):
         finally:
             self.model.set_requires_gradient_sync(True)
 
+    def step(self, lr: float) -> torch.Tensor:
+        # FSDP reduced the sharded gradients in backward; the replicated ones are averaged here,
+        # once a step (after the last micro batch), as FSDP averages: sum / world size.
+        grads = [p.grad for p in replicated_params(self.model) if p.grad is not None]
+        if grads and dist.get_world_size() > 1:
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat)
+            flat /= dist.get_world_size()
+            for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+                g.copy_(part.view_as(g))
+        return super().step(lr)
+
     def clip_grad_norm(self) -> torch.Tensor:
         from torch.distributed.tensor import DTensor
 
         params = [p for p in self.model.parameters() if p.grad is not None]
-        grads = [p.grad for p in params]
+        sharded = [p for p in params if isinstance(p.grad, DTensor)]
+        plain = [p for p in params if not isinstance(p.grad, DTensor)]
         # Each DTensor grad's norm is a partial (per-shard) value; full_tensor() reduces it over
         # the mesh, so the clip coefficient uses the norm of the WHOLE gradient, as on one GPU.
-        total = torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True)
+        # The replicated (plain) gradients are whole on every rank: their norm joins as is.
+        total = torch.nn.utils.get_total_norm([p.grad for p in sharded], norm_type=2.0, foreach=True)
         if isinstance(total, DTensor):
             total = total.full_tensor()
+        if plain:
+            rest = torch.nn.utils.get_total_norm([p.grad for p in plain], norm_type=2.0, foreach=True)
+            total = torch.linalg.vector_norm(torch.stack([total.float(), rest.float().to(total.device)]))
         if self.cfg.train.grad_clip > 0:
-            torch.nn.utils.clip_grads_with_norm_(params, self.cfg.train.grad_clip, total, foreach=True)
+            for group in (sharded, plain):
+                if group:
+                    torch.nn.utils.clip_grads_with_norm_(group, self.cfg.train.grad_clip, total, foreach=True)
         return total
 
     def logit_scale(self) -> float:
