@@ -28,8 +28,10 @@ def padded(group, part=None):
 
 
 def grad_norm_bytes(group):
-    """FSDP's gradient norm: one fp32 partial norm per parameter tensor, all-reduced over the shard group."""
-    return 2 * (group - 1) / group * 4 * COUNTS["tensors"]
+    """FSDP's gradient norm: one fp32 partial norm per sharded parameter tensor, all-reduced over
+    the shard group; plus the replicated logit scale's gradient, all-reduced over every rank."""
+    return (2 * (group - 1) / group * 4 * (COUNTS["tensors"] - COUNTS["replicated_tensors"])
+            + 2 * (W - 1) / W * 4 * COUNTS["replicated"])
 
 
 def loss_bytes(world):
@@ -85,10 +87,11 @@ def test_hsdp_bytes_and_what_crosses_nodes():
     colls = C.collectives(lay, COUNTS, B, D)
     # Shard collectives stay in the node (NVLink); the replica all-reduce spans all 64 nodes.
     assert {c.nodes for c in colls if c.group == g} == {1}
-    ar = [c for c in colls if c.kind == "all_reduce" and c.group > g]
+    ar = [c for c in colls if c.kind == "all_reduce" and c.group > g and c.phase == "backward"]
     assert len(ar) == 1 and (ar[0].group, ar[0].nodes) == (64, 64)
     plan = C.plan_comm(lay, COUNTS, B, D, LINK, 0.1, 0.2)
-    assert plan.network_bytes_per_rank == pytest.approx(replicate + loss_bytes(W), rel=1e-12)
+    logit_scale = 2 * (W - 1) / W * 4 * COUNTS["replicated"]  # its gradient, all-reduced over every rank
+    assert plan.network_bytes_per_rank == pytest.approx(replicate + logit_scale + loss_bytes(W), rel=1e-12)
 
 
 @pytest.mark.parametrize("stage", [1, 2])
@@ -130,7 +133,8 @@ def test_exposed_time_model():
     assert plan.exposed_parts["loss gather (forward)"] + plan.exposed_parts["loss gather (backward)"] == pytest.approx(loss)
     # Plenty of compute hides all but the first gather and the last reduce.
     roomy = C.plan_comm(lay, COUNTS, B, D, LINK, 10.0, 20.0)
-    norm = colls["all-reduce (gradient norm)"].seconds(LINK)  # after backward: nothing hides it
+    # after backward: nothing hides the gradient norm's and the replicated logit scale's all-reduces
+    norm = sum(c.seconds(LINK) for c in colls.values() if c.phase == "step")
     assert roomy.exposed_s == pytest.approx(first + last + loss + norm)
     # Overlapping the text gather under the image forward removes it from the exposed time.
     hidden = C.plan_comm(C.Layout(backend="fsdp", world=W, gpus_per_node=GPN, overlap_loss_gather=True),

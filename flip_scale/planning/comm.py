@@ -175,7 +175,7 @@ def _padded(counts: dict, part: str, shard: int | None) -> int:
     padding too). Without dim-0 shapes in counts (or shard None): the plain count."""
     shapes = counts.get("shapes", {}).get(part)
     if not shard or shapes is None:
-        return counts[part] if part != "root" else _root(counts)
+        return counts[part] if part != "root" else _root(counts) - (counts.get("replicated", 0) if shard else 0)
     return sum(-(-d0 // shard) * shard * (numel // d0) for d0, numel in shapes)
 
 
@@ -224,8 +224,19 @@ def _sharded(layout: Layout, counts: dict, group: int, nodes: int) -> list[Colle
 def _grad_norm(counts: dict, group: int, nodes: int) -> Collective:
     """FSDP's gradient norm (Backend.clip_grad_norm): one fp32 partial norm per parameter tensor,
     all-reduced once over the shard group (the replicas hold the same reduced shards)."""
-    nbytes = counts["tensors"] * 4
+    # (the replicated logit scale's norm is whole on every rank: not in the all-reduce)
+    nbytes = (counts["tensors"] - counts.get("replicated_tensors", 0)) * 4
     return Collective("all-reduce (gradient norm)", "all_reduce", "step", group, nodes, nbytes, 1, nbytes)
+
+
+def _replicated(counts: dict, world: int, nodes: int) -> list[Collective]:
+    """The parameters FSDP leaves out (the fp32 logit scale): their gradients all-reduced once a
+    step over every rank (FSDPBackend.step)."""
+    nbytes = counts.get("replicated", 0) * GRAD_BYTES
+    if not nbytes:
+        return []
+    return [Collective("all-reduce (replicated gradients: logit scale)", "all_reduce", "step", world, nodes,
+                       nbytes, 1, nbytes)]
 
 
 def collectives(layout: Layout, counts: dict, global_batch: int, embed_dim: int) -> list[Collective]:
@@ -242,6 +253,7 @@ def collectives(layout: Layout, counts: dict, global_batch: int, embed_dim: int)
         out += _sharded(layout, counts, w, all_nodes)
         if scheme == "fsdp":
             out.append(_grad_norm(counts, w, all_nodes))
+            out += _replicated(counts, w, all_nodes)
     elif scheme == "hsdp":
         g = layout.shard_group
         replicas = w // g
@@ -254,6 +266,7 @@ def collectives(layout: Layout, counts: dict, global_batch: int, embed_dim: int)
                               len(units),
                               units[0][1] * GRAD_BYTES / g))
         out.append(_grad_norm(counts, g, layout.nodes_spanned(g)))
+        out += _replicated(counts, w, all_nodes)
     elif scheme in ("zero1", "zero2"):
         bucket = layout.bucket_bytes or DEEPSPEED_DEFAULT_BUCKET_ELEMENTS * GRAD_BYTES
         # DeepSpeed's stage 1/2 optimizer all-reduces each gradient bucket and keeps its own
@@ -314,7 +327,7 @@ def plan_comm(layout: Layout, counts: dict, global_batch: int, embed_dim: int, l
         else:
             exposed["backward reduction"] = min(max(secs(bwd) - backward_s, 0.0) + last, secs(bwd))
     if phase("step"):  # after backward, before the update: nothing to hide under
-        name = "post-step all-gather" if scheme in ("zero1", "zero2") else "gradient norm"
+        name = "post-step all-gather" if scheme in ("zero1", "zero2") else "step all-reduces"
         exposed[name] = secs(phase("step"))
     lf = phase("loss_forward")
     if lf:

@@ -189,8 +189,11 @@ def _param_counts_cached(size: ModelSize) -> dict:
             # parameter tensors: the gradient norm all-reduces one partial norm per tensor
             "tensors": len(list(model.parameters())),
             # (dim 0, numel) of each tensor: FSDP2 pads dim 0 to a multiple of the shard group
+            # the logit scale: FSDP leaves it out, a replicated fp32 parameter (backends/fsdp.py)
+            "replicated": model.logit_scale.numel(), "replicated_tensors": 1,
             "shapes": {"root": _shapes(p for name, p in model.named_parameters()
-                                       if not name.startswith(("visual.blocks.", "text.blocks."))),
+                                       if not name.startswith(("visual.blocks.", "text.blocks."))
+                                       and name != "logit_scale"),
                        "image_block": _shapes(model.visual.blocks[0].parameters()),
                        "text_block": _shapes(model.text.blocks[0].parameters())}}
 
@@ -278,6 +281,9 @@ def plan_memory(size: ModelSize, *, mask_ratio: float, text_length: int, precisi
         n = sum(u for _, u in fsdp_units(counts, 1, shard_ranks))
     shard = lambda name, b: n * b / (shard_ranks if name in split else 1) / GB  # noqa: E731
     weights, grads, master, moments = shard("weights", w), shard("grads", g), shard("master", m), shard("moments", mo)
+    if backend == "fsdp":  # the replicated logit scale, whole on every rank: fp32, its gradient, AdamW m, v
+        rep = counts.get("replicated", 0)
+        weights, grads, moments = weights + rep * 4 / GB, grads + rep * 4 / GB, moments + rep * 8 / GB
     # torch's AdamW keeps its step count as one fp32 tensor per parameter tensor
     moments += counts["tensors"] * 4 / GB if backend != "deepspeed" else 0.0
     compute_bytes = 2 if precision == "bf16" else 4
