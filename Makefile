@@ -51,8 +51,11 @@ demo-figure: demo
 chromium:
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 
+# PYTEST_ARGS: what `make test` runs (.ci/run adds -rs and a junit XML for its skip check).
+PYTEST_ARGS ?= tests
+
 test: $(VENV)/.test-installed $(VENV)/.spark-installed chromium
-	$(BIN)/python -m pytest tests -q -p no:cacheprovider
+	$(BIN)/python -m pytest $(PYTEST_ARGS) -q -p no:cacheprovider
 
 test-fast: $(VENV)/.test-installed
 	$(BIN)/python -m pytest tests -q -m "not slow" -p no:cacheprovider

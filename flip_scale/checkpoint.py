@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from .distributed.collectives import any_rank, barrier
-from .fileio import write_text_atomic
+from .fileio import StorageError, storage_problem, write_text_atomic
 
 META = "meta.json"
 LATEST = "latest"
@@ -90,31 +90,77 @@ def save_checkpoint(ckpt_root: Path, step: int, backend, rank_state: dict, meta:
                     test_delay_s: float = 0.0) -> Path:
     """Collective: every rank calls it. rank_state is this rank's train state (data position, RNG).
 
-    test_delay_s pauses between writing the files and publishing them (fault-injection tests)."""
+    A failure in any phase on any rank is agreed by all ranks (an all-reduce in place of each
+    barrier), so none waits in a collective the failed one never reaches; a full or read-only
+    disk ends every rank with one StorageError line, this save's .tmp removed, `latest` and the
+    previous checkpoint untouched. test_delay_s pauses between writing the files and publishing
+    them (fault-injection tests)."""
     ckpt_root = Path(ckpt_root)
     final = ckpt_root / step_name(step)
     tmp = ckpt_root / f".tmp_{step_name(step)}"
-    if _rank() == 0:
-        ckpt_root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-    barrier()
-    backend.save(tmp)
-    _save_rank_state(tmp, rank_state)
-    # meta.json is written durably below; make this rank's payload durable first, so a crash of
-    # the machine cannot leave a complete-looking checkpoint over truncated files.
-    fsync_own_files(tmp, _rank())
-    if test_delay_s:
-        import time
 
-        time.sleep(test_delay_s)
-    barrier()
-    if _rank() == 0:
-        publish(ckpt_root, tmp, final, {**meta, "step": step})
-        prune_checkpoints(ckpt_root, keep)
-    barrier()
+    def prepare():
+        if _rank() == 0:
+            ckpt_root.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+
+    def write():
+        backend.save(tmp)
+        _save_rank_state(tmp, rank_state)
+        # meta.json is written durably below; make this rank's payload durable first, so a crash of
+        # the machine cannot leave a complete-looking checkpoint over truncated files.
+        fsync_own_files(tmp, _rank())
+        if test_delay_s:
+            time.sleep(test_delay_s)
+
+    def publish_and_prune():
+        if _rank() == 0:
+            publish(ckpt_root, tmp, final, {**meta, "step": step})
+            prune_checkpoints(ckpt_root, keep)
+
+    for phase in (prepare, write, publish_and_prune):
+        _agreed(phase, ckpt_root, tmp, step)
     return final
+
+
+def _agreed(phase, ckpt_root: Path, tmp: Path, step: int) -> None:
+    """Run one phase of a save on every rank, then agree whether it failed anywhere and whether
+    that failure was the storage's (so every rank exits with the same kind of status)."""
+    error, why = None, None
+    try:
+        phase()
+    except Exception as e:  # noqa: BLE001 - torch.save, DCP and DeepSpeed raise many types
+        error, why = e, storage_problem(e, ckpt_root)
+    failed, storage = any_rank(torch.tensor([float(error is not None), float(why is not None)]))
+    if failed:
+        raise save_failure(error, why, storage, ckpt_root, tmp, step)
+
+
+def save_failure(error: BaseException | None, why: str | None, storage_anywhere: bool, ckpt_root: Path,
+                 tmp: Path, step: int) -> BaseException:
+    """After a failed save: remove this save's own files (rank 0) and name the failure. A storage
+    failure (here or on another rank) becomes one StorageError line; anything else is returned
+    unchanged (a bug, a dead peer: the job may be requeued)."""
+    if _rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in (ckpt_root / f"{LATEST}.tmp",):
+            try:
+                leftover.unlink()
+            except OSError:
+                pass
+    if not storage_anywhere:
+        return error if error is not None else RuntimeError(
+            f"checkpoint save at step {step} failed on another rank (its error is in its log)")
+    latest = ckpt_root / LATEST
+    try:
+        kept = latest.read_text().strip()
+    except OSError:
+        kept = "none"
+    where = f"{ckpt_root}: {why}" if why else "on another rank: its storage refused the write"
+    return StorageError(f"checkpoint save at step {step} failed: {where}; the previous checkpoint ({kept}) is "
+                        f"kept and stays the latest; free space or fix permissions, then rerun to resume")
 
 
 def _save_rank_state(folder: Path, rank_state: dict) -> None:
@@ -207,6 +253,21 @@ def read_full_weights(ckpt: Path) -> dict:
     return get_backend_class(meta.get("backend", "single")).read_full_weights(Path(ckpt))
 
 
+# meta.json's record of the run-defining keys (flip_scale/config/fingerprint.py).
+RUN_CONFIG = "run_config"
+
+# How load_state_dict / DCP / DeepSpeed say that saved tensors do not fit the model built now.
+_MISFIT = re.compile(r"size mismatch|shape mismatch|missing key|unexpected key|does not match the shape", re.I)
+
+
+def _shape_mismatch_line(e: BaseException) -> str | None:
+    """The line of a load error that says a tensor does not fit (None: some other failure)."""
+    for line in str(e).splitlines():
+        if _MISFIT.search(line):
+            return line.strip()[:300]
+    return None
+
+
 class ResumeMismatch(ValueError):
     """The run directory's checkpoint was written by another setup (backend, world size)."""
 
@@ -228,8 +289,14 @@ class Checkpointer:
     One save is in flight at a time: the next save, or `finalize`, waits for it first.
     """
 
-    def __init__(self, ckpt_root: Path, backend, state, cfg, meta: dict, log=print):
+    def __init__(self, ckpt_root: Path, backend, state, cfg, meta: dict, log=print,
+                 legacy_fingerprint=None):
+        """meta[RUN_CONFIG]: this recipe's run-defining keys (config/fingerprint.py), recorded in
+        every meta.json and compared on resume; legacy_fingerprint: a callable giving the run's
+        keys for checkpoints that predate the record (None if unknown)."""
         self.root = Path(ckpt_root)
+        self.fingerprint = meta.get(RUN_CONFIG)
+        self.legacy_fingerprint = legacy_fingerprint
         self.backend, self.state, self.log = backend, state, log
         c = cfg.checkpoint
         self.every_steps, self.every_minutes, self.keep = c.every_steps, c.every_minutes, c.keep
@@ -242,6 +309,8 @@ class Checkpointer:
         self.last_save_time = time.time()
         self.blocked_s: list[float] = []  # seconds training waited per save (bench, metrics)
         self._pending: Future | None = None
+        self._pending_step: tuple[int, Path] | None = None
+        self.last_step: int | None = None  # step of the newest save this process made
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="ckpt-publish") if self.async_mode else None
         self._async_ctx = backend.async_save_context() if self.async_mode else None
 
@@ -270,17 +339,24 @@ class Checkpointer:
             save_checkpoint(self.root, step, self.backend, self.state.rank_state(), meta, self.keep,
                             test_delay_s=self.test_delay_s)
         else:
-            if _rank() == 0:
-                self.root.mkdir(parents=True, exist_ok=True)
-                prune_stale_tmp(self.root)
-                tmp.mkdir(parents=True)
-            barrier()
-            _save_rank_state(tmp, self.state.rank_state())
-            fsync_own_files(tmp, _rank())  # small; done before the DCP write, whose files DCP fsyncs
+            def prepare():
+                if _rank() == 0:
+                    self.root.mkdir(parents=True, exist_ok=True)
+                    prune_stale_tmp(self.root)
+                    tmp.mkdir(parents=True)
+
+            def write_rank_state():
+                _save_rank_state(tmp, self.state.rank_state())
+                fsync_own_files(tmp, _rank())  # small; done before the DCP write, whose files DCP fsyncs
+
+            _agreed(prepare, self.root, tmp, step)
+            _agreed(write_rank_state, self.root, tmp, step)
             # Returns once the state is staged in host memory; the write goes on in a thread.
             upload = self.backend.save_async(tmp, self._async_ctx)
             self._pending = self._executor.submit(self._finish_async, upload, tmp, final, meta)
+            self._pending_step = (step, tmp)
         self.last_save_time = time.time()
+        self.last_step = step
         self.blocked_s.append(time.time() - t0)
         return final
 
@@ -295,8 +371,11 @@ class Checkpointer:
     def wait(self) -> None:
         """Block until the asynchronous save in flight (if any) is published; re-raise its error."""
         if self._pending is not None:
+            # Every rank has a save in flight at the same points (saves are collective), so the
+            # agreement below is a collective every rank reaches.
             pending, self._pending = self._pending, None
-            pending.result()
+            step, tmp = self._pending_step
+            _agreed(pending.result, self.root, tmp, step)
 
     def finalize(self) -> None:
         """Wait for the last save and release the staging buffers (end of run, stop, error)."""
@@ -314,20 +393,28 @@ class Checkpointer:
                is_collective_failure=lambda e: False) -> Path | None:
         """Resume from the newest complete checkpoint whose files load on every rank. One that
         fails to load (truncated payload after a node crash) is reported, set aside and the next
-        older one is tried; all ranks agree on the outcome, so they resume from the same step."""
+        older one is tried; all ranks agree on the outcome, so they resume from the same step.
+        A checkpoint of another run (run-defining keys differ, or its tensors do not fit the
+        model) is a ResumeMismatch: refused with one line, nothing renamed."""
         tried = False
         for ckpt in complete_checkpoints(self.root, log=self.log):
             tried = True
+            error, mismatch = "", ""
             try:
                 self._load(ckpt, world_size, backend_name, supports_resharding)
-                error = ""
             except ResumeMismatch:
                 raise  # a recipe / world-size mismatch: the user's call, not a damaged file
             except Exception as e:  # noqa: BLE001 - torch.load, DCP and DeepSpeed raise many types
                 if dist.is_initialized() and is_collective_failure(e):
                     raise
+                mismatch = _shape_mismatch_line(e) or ""
                 error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            if not any_rank(torch.tensor([float(bool(error))]))[0]:
+            failed, misfit = any_rank(torch.tensor([float(bool(error)), float(bool(mismatch))]))
+            if misfit:
+                raise ResumeMismatch(f"{ckpt}: does not fit the model this recipe builds "
+                                     f"({mismatch or 'on another rank'}); resume with the model.* keys the run "
+                                     f"was trained with, or choose another train.out_dir")
+            if not failed:
                 return ckpt
             self.log(f"checkpoint {ckpt} cannot be loaded ({error or 'on another rank'}); "
                      f"setting it aside and falling back to an earlier one")
@@ -339,6 +426,27 @@ class Checkpointer:
                              f"move them away to start the run afresh")
         return None
 
+    def check_fingerprint(self, ckpt: Path, meta: dict) -> None:
+        """Refuse a checkpoint whose run-defining keys (meta.json's run_config) differ from this
+        recipe's. Checkpoints from before run_config existed are compared with the run's
+        config.yaml (`legacy_fingerprint`); without one either, the resume goes on with a warning."""
+        saved = meta.get(RUN_CONFIG)
+        source = "meta.json"
+        if saved is None:
+            saved = self.legacy_fingerprint() if self.legacy_fingerprint is not None else None
+            source = "the run's config.yaml (checkpoint from before run_config was recorded)"
+            if saved is None:
+                self.log(f"warning: {ckpt} records no run_config and the run has no readable config.yaml: "
+                         f"cannot check that this recipe matches the run; resuming")
+                return
+        from .config.fingerprint import fingerprint_differences
+
+        diffs = fingerprint_differences(saved, self.fingerprint or {})
+        if diffs:
+            raise ResumeMismatch(f"{ckpt}: this recipe differs from the run's ({source}) in "
+                                 f"{'; '.join(diffs)}; resume with the run's values or choose another "
+                                 f"train.out_dir")
+
     def _load(self, ckpt: Path, world_size: int, backend_name: str, supports_resharding: bool) -> None:
         meta = read_meta(ckpt)
         old_world = int(meta.get("world_size", world_size))
@@ -349,6 +457,7 @@ class Checkpointer:
         if meta.get("backend", backend_name) != backend_name:
             raise ResumeMismatch(f"{ckpt}: saved by parallel.backend={meta.get('backend')}, this run uses "
                                  f"{backend_name}; use train.init_from to start from its weights")
+        self.check_fingerprint(ckpt, meta)
         self.backend.load(ckpt)
         # Elastic resume reads a surviving rank's state: the synthetic position is global and the
         # loader re-deals shard streams itself; RNG streams are per rank and cannot carry over.

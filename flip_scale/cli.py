@@ -34,6 +34,8 @@ def cmd_train(args) -> int:
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0
+    from .fileio import STORAGE_ERRNOS, STORAGE_EXIT_CODE, StorageError
+    from .run_lock import RunLocked
     from .train.preemption import PREEMPTED_EXIT_CODE, Preempted
     from .train.trainer import NonFiniteLoss, run_training
 
@@ -41,11 +43,26 @@ def cmd_train(args) -> int:
         run_training(cfg)
     except Preempted:
         return PREEMPTED_EXIT_CODE
+    except RunLocked as e:
+        # Another run holds out_dir: retrying (a requeue) cannot help while it runs. Every rank
+        # raises rank 0's line; rank 0 prints it.
+        return _error(str(e)) if denv.is_main else 2
+    except StorageError as e:
+        # Disk full / read-only: STORAGE_EXIT_CODE, which slurm/common.sh does not requeue.
+        _error(str(e))
+        return STORAGE_EXIT_CODE
     except NonFiniteLoss as e:
         return _error(str(e)) if denv.is_main else 2
     except (ConfigError, ValueError, FileNotFoundError) as e:
         # Bad input found while building or reading (tokenizer, shards, init_from): one line.
         return _error(_one_line(e))
+    except OSError as e:
+        if e.errno not in STORAGE_ERRNOS:
+            raise
+        # A full or read-only disk under metrics.jsonl, TensorBoard or summary.json (checkpoint
+        # saves say more, above): the same status, not requeued.
+        _error(f"{e.filename or cfg.train.out_dir}: {STORAGE_ERRNOS[e.errno]}")
+        return STORAGE_EXIT_CODE
     except RuntimeError as e:
         if "a collective failed" in str(e):
             # Not a configuration error: exit 1 (not 2), so slurm/common.sh requeues the job.

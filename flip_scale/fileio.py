@@ -1,6 +1,7 @@
 """Writing files so that a reader (or a kill) never sees half of one."""
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -19,3 +20,79 @@ def write_text_atomic(path: str | os.PathLike, text: str, durable: bool = False)
             os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
+
+
+# Exit status of a run that cannot write its results (disk full, quota, read-only or unwritable
+# run directory): EX_IOERR. slurm/common.sh does not requeue it: a requeued job would hit the
+# same wall, after waiting in the queue and re-running start-up.
+STORAGE_EXIT_CODE = 74
+
+
+class StorageError(Exception):
+    """The run directory's storage refuses a write; str() is the one line the CLI prints."""
+
+
+STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                   errno.EROFS: "read-only filesystem", errno.EACCES: "permission denied",
+                   errno.EPERM: "operation not permitted"}
+
+
+def storage_problem(exc: BaseException, path: str | os.PathLike) -> str | None:
+    """What about `path`'s storage made `exc` happen, or None if it is not a storage failure.
+
+    torch.save reports a full disk as RuntimeError("... file write failed") and DCP wraps
+    writer errors in its own exception, so the errno is looked for along the exception chain,
+    and failing that the filesystem itself is asked (no free blocks, or not writable)."""
+    seen = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+            return STORAGE_ERRNOS[e.errno]
+        for inner in getattr(e, "failures", {}).values() if isinstance(getattr(e, "failures", None), dict) else ():
+            found = storage_problem(inner[0] if isinstance(inner, tuple) else inner, path)
+            if found:
+                return found
+        e = e.__cause__ or e.__context__
+    return filesystem_problem(path)
+
+
+def filesystem_problem(path: str | os.PathLike) -> str | None:
+    """'no space left on the device' / 'read-only filesystem' for the filesystem holding `path`
+    (its nearest existing ancestor), else None."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        st = os.statvfs(p)
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return "read-only filesystem"
+    if st.f_bavail * st.f_frsize < 1 << 20 and st.f_blocks:
+        return "no space left on the device"
+    return None
+
+
+def probe_writable(folder: str | os.PathLike, what: str) -> None:
+    """Create, write, fsync and remove a small file in `folder` (made if missing); a failure is
+    one StorageError line. Run at set-up, so an unwritable checkpoints/ ends the run in seconds,
+    not at the first save hours later."""
+    folder = Path(folder)
+    probe = folder / f".write_probe_{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, b"x" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        why = STORAGE_ERRNOS.get(e.errno, e.strerror or str(e))
+        raise StorageError(f"{what} {folder} is not writable ({why})") from None
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass

@@ -57,7 +57,15 @@ def read_run_config(run_dir: str | os.PathLike):
     path = RunDir(run_dir).config
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no {CONFIG})")
-    return config_from_dict(yaml.safe_load(path.read_text()) or {}, str(path))
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:  # a hand-edited or truncated file: one line, not a traceback
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ValueError(f"{path}:{where} not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a resolved config (a mapping of sections), got {type(data).__name__}")
+    return config_from_dict(data, str(path))
 
 
 def load_for_inference(path, device="cpu"):

@@ -31,7 +31,8 @@
 #
 # Failures: any other non-zero end of the step (a crashed or killed rank, a GPU/NCCL error, a rank
 # the hang watchdog ended with 76) requeues the job the same way, except exit 2 (bad recipe or
-# input: a retry fails the same way). Each failure is one line in RUN/restarts.log (exit status of
+# input, or the run directory held by another run: a retry fails the same way) and exit 74 (the
+# run directory's storage is full or read-only: a requeue would wait in the queue to fail again). Each failure is one line in RUN/restarts.log (exit status of
 # every task by node, from srun's own report) and in the job log; the first failing node is
 # excluded from the requeued job (FLIP_EXCLUDE_FAILED_NODES); hang dumps and NCCL traces of the
 # failed attempt are moved to RUN/hangs/failure<K>-job<ID>/. After FLIP_MAX_RESTARTS failures the
@@ -40,6 +41,7 @@
 PREEMPTED_EXIT_CODE=75   # flip_scale.train.preemption.PREEMPTED_EXIT_CODE
 HANG_EXIT_CODE=76        # flip_scale.train.watchdog.HANG_EXIT_CODE
 CONFIG_EXIT_CODE=2       # flip-scale's bad-input status: nothing to retry
+STORAGE_EXIT_CODE=74     # flip_scale.fileio.STORAGE_EXIT_CODE: disk full / read-only run dir, nothing to retry
 FLIP_MAX_RESTARTS=${FLIP_MAX_RESTARTS:-5}
 FLIP_EXCLUDE_FAILED_NODES=${FLIP_EXCLUDE_FAILED_NODES:-1}
 
@@ -219,6 +221,11 @@ if [ "$FLIP_RC" -eq "$CONFIG_EXIT_CODE" ] || grep -q "Exited with exit code $CON
     fi
     flip_log "configuration or input error (a task exited $CONFIG_EXIT_CODE; the message is above): not requeueing"
     exit "$CONFIG_EXIT_CODE"
+fi
+
+if [ "$FLIP_RC" -eq "$STORAGE_EXIT_CODE" ] || grep -q "Exited with exit code $STORAGE_EXIT_CODE\$" <<< "$FLIP_FIRST"; then
+    flip_log "storage error (a task exited $STORAGE_EXIT_CODE: disk full or read-only; the message is above): not requeueing"
+    exit "$STORAGE_EXIT_CODE"
 fi
 
 FLIP_FAILURES=$(( $(grep -c "^job=$SLURM_JOB_ID " "$FLIP_RESTARTS_LOG" 2>/dev/null || true) + 1 ))

@@ -2,6 +2,7 @@
 asynchronous save is a snapshot of the moment save() returned, it is published only when the
 write is done, and each rank fsyncs exactly the files it wrote."""
 import json
+import os
 
 import pytest
 import torch
@@ -77,7 +78,7 @@ def test_keep_last_k_and_time_interval(cfg, tmp_path):
     assert ckpt.time_due()
 
 
-def test_each_rank_fsyncs_the_files_it_wrote(tmp_path):
+def test_each_rank_fsyncs_the_files_it_wrote(tmp_path, monkeypatch):
     names = {"__0_0.distcp": 0, "__3_0.distcp": 3, ".metadata": 0, "train_state_rank2.pt": 2,
              "bf16_zero_pp_rank_5_mp_rank_00_optim_states.pt": 5, "mp_rank_00_model_states.pt": 0,
              "zero_pp_rank_1_mp_rank_00_model_states.pt": 1, "model_optim.pt": 0}
@@ -85,4 +86,15 @@ def test_each_rank_fsyncs_the_files_it_wrote(tmp_path):
         m = _RANK_FILE.search(name)
         assert (int(next(g for g in m.groups() if g is not None)) if m else 0) == owner, name
         (tmp_path / name).write_text(json.dumps(owner))
-    fsync_own_files(tmp_path, 3)  # real fsync calls on real files; must not raise
+    # The real fsync runs; the spy notes which file each call made durable (via /proc/self/fd).
+    real_fsync, synced = os.fsync, []
+
+    def spy(fd):
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    for rank in (0, 1, 2, 3, 5, 7):
+        synced.clear()
+        fsync_own_files(tmp_path, rank)
+        assert sorted(synced) == sorted(n for n, owner in names.items() if owner == rank), rank

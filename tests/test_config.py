@@ -52,7 +52,7 @@ def test_base_inheritance_and_overrides(tmp_path):
     base = write(tmp_path, "base.yaml", """
         model: {name: tiny, mask_ratio: 0.75}
         data: {image_size: 32}
-        train: {global_batch_size: 8, samples: 80, out_dir: x}
+        train: {global_batch_size: 8, samples: 80, warmup_samples: 8, out_dir: x}
     """)
     child = write(tmp_path, "child.yaml", """
         base: base.yaml

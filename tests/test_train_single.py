@@ -53,9 +53,30 @@ def test_seeded_runs_are_reproducible(tmp_path):
 
 
 def test_rerun_resumes_from_the_checkpoint_instead_of_restarting(tmp_path):
-    base = [f"train.out_dir={tmp_path}", "checkpoint.every_steps=5", "train.log_every_steps=5"]
-    run_training(load_recipe(TINY, base + ["train.samples=640"]))
-    summary = run_training(load_recipe(TINY, base + ["train.samples=1280"]))
+    import os
+    import signal
+
+    from flip_scale.distributed.env import cleanup
+    from flip_scale.train.preemption import Preempted
+    from flip_scale.train.trainer import Trainer
+
+    base = [f"train.out_dir={tmp_path}", "checkpoint.every_steps=5", "train.log_every_steps=5", "train.samples=1280"]
+
+    def stop_after_step_5(msg):  # preempted (SIGUSR1): the stop is agreed and saved at step 10
+        if msg.startswith("step 5/"):
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    # The same recipe both times: a resume under changed run-defining keys (train.samples
+    # included) is refused (tests/test_run_dir_guard.py).
+    trainer = Trainer(load_recipe(TINY, base), log=stop_after_step_5)
+    try:
+        trainer.setup()
+        with pytest.raises(Preempted):
+            trainer.train()
+    finally:
+        cleanup()
+        trainer.close()
+    summary = run_training(load_recipe(TINY, base))
     assert summary["steps"] == 20 and summary["samples_seen"] == 1280
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [5, 10, 15, 20]

@@ -206,9 +206,11 @@ def runnable(samples) -> list:
 
 def check(samples, write: bool = False, timeout_s: float = 600, log=print) -> list:
     """Re-run each sample; returns the stale ones as (sample, diff). With write, rewrites them."""
-    stale, edits = [], []
+    stale, edits, outputs = [], [], {}
     for sample in samples:
-        _, actual = run(sample.command, timeout_s)
+        if sample.command not in outputs:   # several pages may show one command's output
+            outputs[sample.command] = run(sample.command, timeout_s)[1]
+        actual = outputs[sample.command]
         diff = compare(sample, actual)
         if diff is None:
             log(f"ok     {sample.where}: {sample.command}")

@@ -6,6 +6,7 @@ Every error is a ConfigError whose message is one line naming the key and where 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from pathlib import Path
@@ -186,9 +187,24 @@ def validate(cfg: Config, world_size: int | None = None, check_files: bool = Tru
     def fail(key: str, msg: str):
         raise ConfigError(f"{_where(cfg, key)}: {key}: {msg}")
 
+    for key, value in _float_leaves(cfg):
+        if not math.isfinite(value):
+            # NaN passes every `< 0` / `<= 0` test below and trains NaN weights; inf likewise.
+            fail(key, f"must be a finite number, got {value}")
     ctx = CheckContext(cfg, world_size, check_files)
     for section in (cfg.model, cfg.data, cfg.train, cfg.checkpoint, cfg.parallel, cfg.eval):
         section.check(fail, ctx)
+
+
+def _float_leaves(cfg, prefix: str = ""):
+    """(dotted key, value) of every float field of the config tree."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        key = f"{prefix}{recipe_key(f)}"
+        if dataclasses.is_dataclass(value):
+            yield from _float_leaves(value, key + ".")
+        elif isinstance(value, float):
+            yield key, value
 
 
 def config_to_dict(cfg) -> dict:

@@ -119,12 +119,22 @@ class DataConfig:
             fail("data.tokenizer", f"file {self.tokenizer} not found (a tokenizers JSON, a vocab.txt, or `builtin`)")
         if self.loader_timeout_s < 0:
             fail("data.loader_timeout_s", f"must be >= 0 (0 = wait forever), got {self.loader_timeout_s}")
+        if self.shards_per_chunk < 1:
+            fail("data.shards_per_chunk", f"must be >= 1, got {self.shards_per_chunk}")
+        if self.prefetch_factor < 1:
+            fail("data.prefetch_factor", f"must be >= 1, got {self.prefetch_factor}")
+        if self.epochs is not None and self.epochs < 1:
+            fail("data.epochs", f"must be >= 1 (or null = repeat forever), got {self.epochs}")
         if self.decode not in ("cpu", "device"):
             fail("data.decode", f"must be cpu or device, got {self.decode!r}")
         if self.decode == "device" and self.train_shards == "synthetic":
             # The synthetic source renders pixels; there are no JPEG bytes to hand the device.
             fail("data.decode", "device needs JPEG shards (data.train_shards); the synthetic source renders "
                                 "pixels: use data.decode=cpu")
+
+
+# train.warmup_samples may exceed train.samples by at most this factor (see TrainConfig.check).
+WARMUP_OVERRUN = 10
 
 
 @dataclass
@@ -171,6 +181,16 @@ class TrainConfig:
             fail("train.samples", f"{self.samples} is less than one global batch ({self.global_batch_size})")
         if self.warmup_samples < 0:
             fail("train.warmup_samples", f"must be >= 0, got {self.warmup_samples}")
+        if self.warmup_samples > WARMUP_OVERRUN * self.samples:
+            # The lr never gets near its peak: the run trains at a small fraction of the lr its
+            # recipe names (a paper warmup left in a short run). Short test runs that end partway
+            # up a normal warmup (<= 10x the run) stay allowed.
+            fail("train.warmup_samples", f"{self.warmup_samples} is more than {WARMUP_OVERRUN}x the run's "
+                                         f"train.samples {self.samples}: the lr would reach only "
+                                         f"{100 * self.samples / self.warmup_samples:.2g}% of its peak; shorten "
+                                         f"the warmup or lengthen the run")
+        if self.grad_clip < 0:
+            fail("train.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
         if self.base_lr <= 0:
             fail("train.base_lr", f"must be positive, got {self.base_lr}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
@@ -179,6 +199,8 @@ class TrainConfig:
             fail("train.weight_decay", f"must be >= 0, got {self.weight_decay}")
         if not self.out_dir.strip():
             fail("train.out_dir", "is empty; name the run directory")
+        if ctx.check_files and os.path.exists(self.out_dir) and not os.path.isdir(self.out_dir):
+            fail("train.out_dir", f"{self.out_dir} is a file, not a directory")
         if self.log_every_steps < 1:
             fail("train.log_every_steps", f"must be >= 1, got {self.log_every_steps}")
         if self.device not in ("auto", "cpu", "cuda"):

@@ -16,28 +16,34 @@ Host syncs of a run (everything else stays queued on the device):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
 import time
-from pathlib import Path
+from logging.handlers import MemoryHandler
 
 import torch
 import torch.distributed as dist
 
-from ..checkpoint import Checkpointer, ResumeMismatch, find_latest, read_full_weights, resolve_checkpoint
+from ..checkpoint import (RUN_CONFIG, Checkpointer, ResumeMismatch, find_latest, read_full_weights,
+                          resolve_checkpoint, step_name)
 from ..config import Config, validate, write_config
+from ..config.fingerprint import run_fingerprint, vocab_hash
+from ..data.finite import DataExhausted, check_known_sample_count
 from ..data.loader import build_train_loader
 from ..data.tokenizer import load_tokenizer
 from ..distributed.backends import get_backend_class
+from ..distributed.collectives import any_rank, broadcast_object
 from ..distributed.env import DistEnv, cleanup, detect_env, init_distributed, select_device, set_collective_timeout
 from ..distributed.stragglers import StragglerMonitor
-from ..fileio import write_text_atomic
+from ..fileio import StorageError, probe_writable, write_text_atomic
 from ..host_memory import apply_host_malloc
 from ..logs import close_rank_logging, setup_rank_logging
 from ..metrics import MetricsWriter, device_peak_flops, max_memory_gb, read_jsonl
 from ..models import train_flops_per_sample
-from ..run_dir import RunDir
+from ..run_dir import RunDir, read_run_config
+from ..run_lock import RunLock, RunLocked
 from .build import adapt_weights, build_model_from_config, parallelize_and_build_optimizer, snapshot_tokenizer
 from .metrics_logger import MetricsLogger, NonFiniteLoss
 from .optim import lr_at
@@ -47,7 +53,9 @@ from .gc_control import GcControl
 from .step import TrainStep, nan_steps_from_env
 from .watchdog import Watchdog
 
-__all__ = ["Trainer", "run_training", "NonFiniteLoss", "ResumeMismatch"]
+__all__ = ["Trainer", "run_training", "NonFiniteLoss", "ResumeMismatch", "DataExhausted"]
+
+LOCKED = "locked"
 
 # Steps after which the collective timeout drops from parallel.init_timeout_s to timeout_s.
 WARM_STEPS = 2
@@ -63,7 +71,11 @@ class Trainer:
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.rank_filtered_log = rank_filtered_log
         self.run_dir = RunDir(cfg.train.out_dir)
+        self.lock = RunLock(self.run_dir.root)
         self.watchdog = None
+        # Called once the run directory is this run's (locked, resume decided): run_training
+        # opens the per-rank log files there.
+        self.on_run_dir_claimed = None
 
     def _say(self, msg: str) -> None:
         if self.denv.is_main or self.rank_filtered_log:
@@ -77,15 +89,23 @@ class Trainer:
         # that never arrives) dumps its stacks and exits HANG_EXIT_CODE for the job to requeue.
         self.watchdog = Watchdog(self.run_dir.root, denv.rank, cfg.train.hang_timeout_s,
                                  first_step_s=cfg.train.hang_phase_timeout_s).start()
+        # Rank 0 locks the run directory before anything is written into it, and before the
+        # rendezvous, so a second start alone fails in seconds; the other ranks learn the outcome
+        # right after it and leave with rank 0's line instead of waiting in a collective.
+        lock_error = self._claim_run_dir() if denv.is_main else None
         init_distributed(denv, self.device, timeout_s=cfg.parallel.init_timeout_s)
+        lock_error = broadcast_object(lock_error)
+        if lock_error is not None:
+            raise (RunLocked if lock_error.startswith(LOCKED) else StorageError)(lock_error.split(":", 1)[1])
         if self.device.type == "cuda":
             # TF32 matmuls on Ampere+ (FLIP trained in fp32 on TPUs; TF32 keeps fp32 range).
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(cfg.train.seed)  # identical init on every rank
-        if denv.is_main:
-            write_config(cfg, self.run_dir.root)
-            snapshot_tokenizer(cfg, self.run_dir.root)
+        self.finite_data = (cfg.data.train_shards != "synthetic" and not cfg.data.resampled
+                            and cfg.data.epochs is not None)
+        if self.finite_data:
+            check_known_sample_count(cfg.data.train_shards, cfg.data.epochs, cfg.train.samples)
         self.tokenizer = load_tokenizer(cfg.data.tokenizer, cfg.model.text_length, cfg.data.text_cls_token)
         # The loader comes before the model: a recipe pointing at no shards fails in seconds.
         try:
@@ -105,10 +125,19 @@ class Trainer:
         parallelize_and_build_optimizer(self.backend, model, cfg)
         self.state = TrainState(loader=self.loader)
         meta = {"world_size": denv.world_size, "backend": cfg.parallel.backend,
-                "global_batch_size": cfg.train.global_batch_size}
-        self.checkpointer = Checkpointer(self.run_dir.checkpoints, self.backend, self.state, cfg, meta, log=self._say)
+                "global_batch_size": cfg.train.global_batch_size,
+                RUN_CONFIG: run_fingerprint(cfg, vocab_hash(self.tokenizer))}
+        self.checkpointer = Checkpointer(self.run_dir.checkpoints, self.backend, self.state, cfg, meta, log=self._say,
+                                         legacy_fingerprint=self._legacy_fingerprint)
         resumed = self.checkpointer.resume(denv.world_size, cfg.parallel.backend, self.backend.supports_resharding,
                                            is_collective_failure=_looks_like_collective_failure)
+        # The resume decision is made: only now does this start write into the run directory
+        # (a refused resume above leaves every file as it was).
+        if denv.is_main:
+            write_config(cfg, self.run_dir.root)
+            snapshot_tokenizer(cfg, self.run_dir.root)
+        if self.on_run_dir_claimed is not None:
+            self.on_run_dir_claimed()
         if resumed is not None:
             self._truncate_metrics(self.state.step)
             self._say(f"resumed from {resumed} at step {self.state.step} ({self.state.samples_seen} samples seen)")
@@ -131,6 +160,33 @@ class Trainer:
                                                                 cfg.train.straggler_patience, device=self.device,
                                                                 log=self._say))
         self.evals: dict = {}
+
+    def _claim_run_dir(self) -> str | None:
+        """Rank 0: lock the run directory and probe that it and checkpoints/ take writes.
+        Returns the failure as "KIND:one line" (sent to the other ranks), None when claimed."""
+        try:
+            self.lock.acquire()
+            # The lock file is written by now; the probes add and remove a file of their own.
+            probe_writable(self.run_dir.root, "train.out_dir")
+            probe_writable(self.run_dir.checkpoints, "checkpoints directory")
+        except RunLocked as e:
+            return f"{LOCKED}:{e}"
+        except StorageError as e:
+            return f"storage:{e}"
+        except OSError as e:  # the lock file itself could not be made
+            return f"storage:train.out_dir {self.run_dir.root} is not writable ({e.strerror or e})"
+        return None
+
+    def _legacy_fingerprint(self) -> dict | None:
+        """Run-defining keys from the run's config.yaml, for checkpoints that predate run_config."""
+        try:
+            return run_fingerprint(read_run_config(self.run_dir.root))
+        except Exception:  # noqa: BLE001 - missing, malformed or from an older schema: cannot compare
+            return None
+
+    def close(self) -> None:
+        """Release the run directory (end of run, error). Idempotent."""
+        self.lock.release()
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop metric records past the checkpoint: those steps are about to be recomputed."""
@@ -164,7 +220,7 @@ class Trainer:
         try:
             while state.step < total_steps:
                 t_data = time.time()
-                batch = next(it)
+                batch = self._next_batch(it)
                 self.logger.add_data_wait(time.time() - t_data)
                 lr = lr_at(state.samples_seen, cfg.peak_lr, cfg.train.warmup_samples, cfg.train.samples)
                 loss, grad_norm = self.train_step(batch, state.step, lr)
@@ -194,6 +250,16 @@ class Trainer:
                     raise Preempted(state.step)
             with self.watchdog.phase("checkpoint write", phase_s):
                 self.checkpointer.finalize()
+        except DataExhausted as e:
+            # Finite data (data.epochs) ended before train.samples: keep what was trained, then
+            # one line; a requeue would end the same way.
+            if state.step > 0 and self.checkpointer.last_step != state.step:
+                self.checkpointer.save(state.step)
+            self.checkpointer.finalize()
+            saved = (f"checkpoint {self.run_dir.checkpoints / step_name(state.step)} saved" if state.step
+                     else "nothing trained, no checkpoint")
+            raise DataExhausted(f"{e} at step {state.step} of {total_steps} ({state.samples_seen} of train.samples "
+                                f"{cfg.train.samples}); {saved}; raise data.epochs or lower train.samples") from None
         except NonFiniteLoss as e:
             # Diverged, not a bad batch: stop WITHOUT saving, so `latest` keeps naming the last
             # checkpoint written before the trouble began (an asynchronous one is finished first).
@@ -221,6 +287,17 @@ class Trainer:
         summary = self._write_summary()
         self.watchdog.stop()
         return summary
+
+    def _next_batch(self, it):
+        """The next batch. With finite data every rank agrees each step whether some rank's data
+        ended (one all-reduce per step, only in exact-epoch mode), so none enters a step's
+        collectives alone."""
+        if not self.finite_data:
+            return next(it)
+        batch = next(it, None)
+        if any_rank(torch.tensor([float(batch is None)]))[0]:
+            raise DataExhausted(f"data.epochs: the data ({self.cfg.data.epochs} epoch(s) of data.train_shards) ran out")
+        return batch
 
     def _eval_due(self, last: bool) -> bool:
         e = self.cfg.eval
@@ -284,8 +361,21 @@ def run_training(cfg: Config) -> dict:
     denv = detect_env()
     # Rank 0 prints progress; other ranks print only warnings and errors, prefixed with rank and
     # host; every rank keeps everything in RUN/logs/rank<N>.log.
-    logger = setup_rank_logging(cfg.train.out_dir, denv.rank)
+    # every rank keeps everything in RUN/logs/rank<N>.log. The file opens once the run directory
+    # is this run's (a refused start writes nothing there); lines said before that are held in
+    # memory and written first.
+    logger = setup_rank_logging(None, denv.rank)
+    early = MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
+    logger.addHandler(early)
+
+    def open_log_file():
+        setup_rank_logging(cfg.train.out_dir, denv.rank)
+        early.setTarget(next(h for h in logger.handlers if isinstance(h, logging.FileHandler)))
+        early.flush()
+        logger.removeHandler(early)
+
     trainer = Trainer(cfg, denv, log=logger.info, rank_filtered_log=True)
+    trainer.on_run_dir_claimed = open_log_file
     finished = False
     try:
         trainer.setup()
@@ -296,4 +386,8 @@ def run_training(cfg: Config) -> dict:
         if trainer.watchdog is not None:
             trainer.watchdog.stop()
         cleanup(synchronize=finished)
+        trainer.close()
+        logger.removeHandler(early)
+        early.setTarget(None)
+        early.close()
         close_rank_logging()
