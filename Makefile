@@ -14,7 +14,7 @@ PIP_INSTALL := $(PIP) install --no-build-isolation
 WHEELS ?= $(HOME)/.cache/flip-scale/wheels
 PYSPARK_VERSION ?= 4.3.0
 
-.PHONY: demo demo-figure test test-fast chromium spark clean-venv
+.PHONY: demo demo-figure test test-fast simulate-recipes chromium spark clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,11 @@ test: $(VENV)/.test-installed $(VENV)/.spark-installed chromium
 
 test-fast: $(VENV)/.test-installed
 	$(BIN)/python -m pytest tests -q -m "not slow" -p no:cacheprovider
+
+# Every paper recipe simulated at its layout (flip-scale plan --simulate), beside the analytic plan:
+# the table in BENCHMARKS.md. Minutes per recipe; outside the test suite.
+simulate-recipes: $(VENV)/.test-installed
+	$(BIN)/python bench/simulate_recipes.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -20,26 +20,33 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.nn.functional import all_gather as all_gather_with_grad
 
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _gather(x: torch.Tensor) -> torch.Tensor:
-    if not _distributed():
-        return x
-    return torch.cat(all_gather_with_grad(x.contiguous()), dim=0)
+def _gather_with_grad():
+    """Functional collectives' all-gather with autograd: its backward is a reduce-scatter (sum)
+    on every backend. (torch.distributed.nn's all_gather warns on every rank, and its backward
+    becomes an all-to-all plus a sum on non-NCCL groups.) torch 2.14 renamed
+    all_gather_tensor_autograd to all_gather_single_autograd and deprecated the old name with a
+    FutureWarning; older versions have only the old name."""
+    from torch.distributed import _functional_collectives as funcol
+
+    return getattr(funcol, "all_gather_single_autograd", None) or funcol.all_gather_tensor_autograd
 
 
 def start_gather(x: torch.Tensor) -> torch.Tensor:
     """All-gather rows over the default group, asynchronously and with gradient: returns at
     once, the result waits for the collective when first used."""
-    from torch.distributed import _functional_collectives as funcol
+    return _gather_with_grad()(x.contiguous(), 0, dist.group.WORLD)
 
-    gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor_autograd
-    return gather(x.contiguous(), 0, dist.group.WORLD)
+
+def _gather(x: torch.Tensor) -> torch.Tensor:
+    if not _distributed():
+        return x
+    return start_gather(x)
 
 
 class TextGatherOverlap:

@@ -88,11 +88,16 @@ def make_plan(cfg: Config, nodes: int, gpus_per_node: int, gpu: str, mfu: float 
     counts = param_counts(size)
     kept = 0 if p.backend != "fsdp" else sum(counts[f"{t}_block"] * counts[f"{t}_layers"]
                                              for t in ("image", "text") if not layout.reshards(t))
+    # TrainStep overlaps the text gather only with several ranks and no contrastive micro-batching.
+    local_batch = t.global_batch_size // world
+    overlap_gather = (layout.overlap_loss_gather and world > 1
+                      and not (t.micro_batch_size and t.micro_batch_size < local_batch))
     memory = {ck: plan_memory(size, mask_ratio=m.mask_ratio, text_length=m.text_length, precision=p.precision,
                               text_mask_ratio=m.text_mask_ratio, backend=p.backend, zero_stage=p.zero_stage, checkpointing=ck, world_size=world,
                               global_batch=t.global_batch_size, capacity_gb=spec.memory_gb,
                               flash_attention=flash_attention, shard_group=layout.shard_group,
-                              kept_gathered_params=kept, micro_batch=t.micro_batch_size)
+                              kept_gathered_params=kept, micro_batch=t.micro_batch_size,
+                              overlap_loss_gather=overlap_gather)
               for ck in (False, True)}
     # One step's compute at the assumed utilisation, split into the phases communication hides under.
     c = compute[p.activation_checkpointing]
@@ -141,7 +146,7 @@ def make_plan(cfg: Config, nodes: int, gpus_per_node: int, gpu: str, mfu: float 
     return {
         "recipe": getattr(cfg, "_recipe", None), "model": m.name, "mask_ratio": m.mask_ratio,
         "text_length": m.text_length, "text_mask_ratio": m.text_mask_ratio, "image_size": cfg.data.image_size,
-        "params": param_counts(size),
+        "params": {k: v for k, v in counts.items() if k != "shapes"},
         "samples": t.samples, "global_batch_size": t.global_batch_size, "nodes": nodes,
         "gpus_per_node": gpus_per_node, "world_size": world, "gpu": spec.name, "gpu_memory_gb": spec.memory_gb,
         "precision": p.precision, "backend": p.backend, "zero_stage": p.zero_stage,
@@ -205,11 +210,12 @@ def format_plan(plan: dict) -> str:
     ]
     rows = [("weights", "weights_gb"), ("gradients", "grads_gb"), ("fp32 master weights", "master_gb"),
             ("AdamW moments (fp32 m, v)", "moments_gb"), ("gathered / cast working copies", "working_copies_gb"),
-            ("activations", "activations_gb"), ("contrastive loss (fp32 logits)", "loss_gb"),
-            ("backward workspace", "workspace_gb"), ("total", "total_gb")]
+            ("activations", "activations_gb"), ("contrastive loss (saved, fp32)", "loss_gb"),
+            ("temporaries", "workspace_gb"), ("total (at the step's peak)", "total_gb")]
     a, b = mem["no_checkpointing"], mem["checkpointing"]
     for label, key in rows:
         lines.append(f"  {label:34s}{a[key]:10.2f}{b[key]:10.2f}")
+    lines.append(f"  peak at: {a['peak_at']} (no ckpt), {b['peak_at']} (ckpt)")
     lines.append(f"  {'activations per sample':34s}{a['activation_gb_per_sample'] * 1e3:8.1f}MB{b['activation_gb_per_sample'] * 1e3:8.1f}MB")
     fits_label = f"fits in {a['usable_gb']:.0f} usable of {a['capacity_gb']:g} GB"
     lines.append(f"  {fits_label:34s}"
@@ -358,6 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"minutes from a failure to training again (default {DEFAULT_RESTART_MIN:g})")
     ap.add_argument("--site", metavar="SITE.yaml", help="site file applied as for train (default: $FLIP_SITE)")
     ap.add_argument("--json", action="store_true", help="print the plan as JSON instead of text")
+    ap.add_argument("--simulate", action="store_true",
+                    help="also run the real step as one rank of this layout (fake process group, fake tensors) and "
+                         "print its peak memory and collectives beside the plan's (minutes; FSDP only)")
+    ap.add_argument("--simulate-timeout", type=float, default=None, metavar="S",
+                    help="give up on the simulation after S seconds (default 1200)")
     ap.add_argument("--paper", action="store_true", help="also print the paper's cost story, recomputed")
     return ap
 
@@ -380,6 +391,12 @@ def main_plan(argv: list[str]) -> int:
                          args.attention == "flash", link_gbps=args.link_gbps, nvlink_gbps=args.nvlink_gbps,
                          cpus_per_gpu=args.cpus_per_gpu, fs_gbps=args.fs_gbps,
                          failures_per_node_day=args.failures_per_node_day, restart_min=args.restart_min)
+        if args.simulate:
+            from .simulation.compare import DEFAULT_TIMEOUT_S, public, run_simulation
+
+            plan["simulation"] = public(run_simulation(
+                args.recipe, args.overrides, args.nodes, args.gpus_per_node, args.gpu, args.gpu_memory_gb,
+                args.simulate_timeout or DEFAULT_TIMEOUT_S))
     except (ConfigError, ValueError) as e:
         print(f"flip-scale plan: error: {e}", file=sys.stderr)
         return 2
@@ -387,6 +404,11 @@ def main_plan(argv: list[str]) -> int:
         print(json.dumps(plan, indent=1))
     else:
         print(format_plan(plan))
+        if "simulation" in plan:
+            from .simulation.compare import format_simulation
+
+            print()
+            print("\n".join(format_simulation(plan)))
         if args.paper:
             print()
             print(format_story())

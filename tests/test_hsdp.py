@@ -40,7 +40,10 @@ def _record_collectives(model, rank):
             self.calls = []
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.namespace == "c10d":
+            # c10d: FSDP's collectives; _c10d_functional: the loss's gather (and its backward's
+            # reduce-scatter); their waits move nothing.
+            if func.namespace == "c10d" or (func.namespace == "_c10d_functional"
+                                            and not func.__name__.startswith("wait_tensor")):
                 sizes = []
 
                 def walk(a):
@@ -168,11 +171,15 @@ def test_measured_collectives_are_the_planners(runs, run):
     assert measured("backward", "_reduce_scatter_base_") == (rs.calls, pytest.approx(rs.total_bytes, abs=padding))
     ar = planned["all-reduce (gradient shards, across replicas)"]
     assert measured("backward", "allreduce_") == (ar.calls, pytest.approx(ar.total_bytes, abs=padding))
-    # The loss: one all-gather of [global batch, D] fp32 per tower, sent as a list of 4 shards.
-    gathers = [s for ph, o, s in calls if ph == "loss" and o == "allgather_"]
-    assert len(gathers) == 2
+    # The loss: one all-gather of [global batch, D] fp32 per tower (functional collective: its
+    # argument is this rank's [local batch, D]), and in backward one reduce-scatter of the
+    # gathered gradient per tower.
     feats = planned["loss: image features all-gather"].total_bytes
-    assert all(4 * sum(s[:4]) == feats for s in gathers)
+    gathers = [s for ph, o, s in calls if ph == "loss" and o == "all_gather_into_tensor"]
+    assert len(gathers) == 2 and all(4 * 4 * s[0] == feats for s in gathers)
+    scatters = [s for ph, o, s in calls if ph == "backward" and o == "reduce_scatter_tensor"]
+    assert len(scatters) == 2 and all(4 * s[0] == feats for s in scatters)
+    assert planned["loss: image features gradient reduce-scatter"].total_bytes == feats
 
 
 @pytest.mark.parametrize("overrides, world, needle", [

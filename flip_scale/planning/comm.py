@@ -169,25 +169,40 @@ class Layout:
         return max(1, math.ceil(group / per_node))
 
 
-def fsdp_units(counts: dict, blocks_per_unit: int = 1) -> list[tuple[str, int]]:
-    """FSDP units in forward order, (name, parameters): the root (everything outside the
-    blocks) first, then the image blocks one by one, then the text blocks grouped."""
+def _padded(counts: dict, part: str, shard: int | None) -> int:
+    """Parameters of one block / the root as FSDP2 holds them: each tensor sharded on dim 0,
+    padded to a multiple of the shard group (fully_shard's chunking; the collectives move the
+    padding too). Without dim-0 shapes in counts (or shard None): the plain count."""
+    shapes = counts.get("shapes", {}).get(part)
+    if not shard or shapes is None:
+        return counts[part] if part != "root" else _root(counts) - (counts.get("replicated", 0) if shard else 0)
+    return sum(-(-d0 // shard) * shard * (numel // d0) for d0, numel in shapes)
+
+
+def _root(counts: dict) -> int:
     # The root is everything but the two towers' blocks (a reconstruction decoder stays in it).
-    root = counts["total"] - counts["image_block"] * counts["image_layers"] - counts["text_block"] * counts["text_layers"]
-    units = [("root", root)]
-    units += [("image_block", counts["image_block"])] * counts["image_layers"]
+    return counts["total"] - counts["image_block"] * counts["image_layers"] - counts["text_block"] * counts["text_layers"]
+
+
+def fsdp_units(counts: dict, blocks_per_unit: int = 1, shard: int | None = None) -> list[tuple[str, int]]:
+    """FSDP units in forward order, (name, parameters): the root (everything outside the
+    blocks) first, then the image blocks one by one, then the text blocks grouped. shard: the
+    shard group size, for FSDP2's per-tensor padding (None: unpadded, as ZeRO-3 counts)."""
+    units = [("root", _padded(counts, "root", shard))]
+    units += [("image_block", _padded(counts, "image_block", shard))] * counts["image_layers"]
+    text_block = _padded(counts, "text_block", shard)
     n_text = counts["text_layers"]
     full, rest = divmod(n_text, blocks_per_unit)
-    units += [("text_unit", counts["text_block"] * blocks_per_unit)] * full
+    units += [("text_unit", text_block * blocks_per_unit)] * full
     if rest:
-        units.append(("text_unit", counts["text_block"] * rest))
+        units.append(("text_unit", text_block * rest))
     return units
 
 
 def _sharded(layout: Layout, counts: dict, group: int, nodes: int) -> list[Collective]:
     """FSDP / ZeRO-3 collectives over a shard group."""
     zero3 = layout.backend == "deepspeed"
-    units = fsdp_units(counts, 1 if zero3 else layout.blocks_per_unit)
+    units = fsdp_units(counts, 1, None) if zero3 else fsdp_units(counts, layout.blocks_per_unit, group)
     p, n = layout.param_bytes, sum(u for _, u in units)
     block_units = [u for name, u in units if name != "root"]
     # Backward gathers again every unit that resharded after forward, and always the root:
@@ -206,9 +221,26 @@ def _sharded(layout: Layout, counts: dict, group: int, nodes: int) -> list[Colle
     return out
 
 
+def _grad_norm(counts: dict, group: int, nodes: int) -> Collective:
+    """FSDP's gradient norm (Backend.clip_grad_norm): one fp32 partial norm per parameter tensor,
+    all-reduced once over the shard group (the replicas hold the same reduced shards)."""
+    # (the replicated logit scale's norm is whole on every rank: not in the all-reduce)
+    nbytes = (counts["tensors"] - counts.get("replicated_tensors", 0)) * 4
+    return Collective("all-reduce (gradient norm)", "all_reduce", "step", group, nodes, nbytes, 1, nbytes)
+
+
+def _replicated(counts: dict, world: int, nodes: int) -> list[Collective]:
+    """The parameters FSDP leaves out (the fp32 logit scale): their gradients all-reduced once a
+    step over every rank (FSDPBackend.step)."""
+    nbytes = counts.get("replicated", 0) * GRAD_BYTES
+    if not nbytes:
+        return []
+    return [Collective("all-reduce (replicated gradients: logit scale)", "all_reduce", "step", world, nodes,
+                       nbytes, 1, nbytes)]
+
+
 def collectives(layout: Layout, counts: dict, global_batch: int, embed_dim: int) -> list[Collective]:
-    """Every collective of one training step (negligible ones, e.g. the grad-norm all-reduce of
-    one scalar, left out)."""
+    """Every collective of one training step (flip-scale plan --simulate lists the same ones)."""
     w, n = layout.world, counts["total"]
     all_nodes = layout.nodes_spanned(w)
     out: list[Collective] = []
@@ -219,16 +251,22 @@ def collectives(layout: Layout, counts: dict, global_batch: int, embed_dim: int)
                               math.ceil(n * GRAD_BYTES / bucket), min(bucket, n * GRAD_BYTES)))
     elif scheme in ("fsdp", "zero3"):
         out += _sharded(layout, counts, w, all_nodes)
+        if scheme == "fsdp":
+            out.append(_grad_norm(counts, w, all_nodes))
+            out += _replicated(counts, w, all_nodes)
     elif scheme == "hsdp":
         g = layout.shard_group
         replicas = w // g
         out += _sharded(layout, counts, g, layout.nodes_spanned(g))
-        units = fsdp_units(counts, layout.blocks_per_unit)
+        units = fsdp_units(counts, layout.blocks_per_unit, g)
         # Each unit's gradient shard (N_unit / G) is all-reduced over the replicas after its
         # reduce-scatter (FSDP2's HSDP order), on the replicate dimension of the mesh.
         out.append(Collective("all-reduce (gradient shards, across replicas)", "all_reduce", "backward", replicas,
-                              layout.nodes_spanned(replicas, stride=g), n * GRAD_BYTES / g, len(units),
+                              layout.nodes_spanned(replicas, stride=g), sum(u for _, u in units) * GRAD_BYTES / g,
+                              len(units),
                               units[0][1] * GRAD_BYTES / g))
+        out.append(_grad_norm(counts, g, layout.nodes_spanned(g)))
+        out += _replicated(counts, w, all_nodes)
     elif scheme in ("zero1", "zero2"):
         bucket = layout.bucket_bytes or DEEPSPEED_DEFAULT_BUCKET_ELEMENTS * GRAD_BYTES
         # DeepSpeed's stage 1/2 optimizer all-reduces each gradient bucket and keeps its own
@@ -288,8 +326,9 @@ def plan_comm(layout: Layout, counts: dict, global_batch: int, embed_dim: int, l
             exposed["backward reduction"] = secs(bwd)  # synchronous bucket reduces inside backward
         else:
             exposed["backward reduction"] = min(max(secs(bwd) - backward_s, 0.0) + last, secs(bwd))
-    if phase("step"):
-        exposed["post-step all-gather"] = secs(phase("step"))
+    if phase("step"):  # after backward, before the update: nothing to hide under
+        name = "post-step all-gather" if scheme in ("zero1", "zero2") else "step all-reduces"
+        exposed[name] = secs(phase("step"))
     lf = phase("loss_forward")
     if lf:
         text = [c for c in lf if "text" in c.name]

@@ -38,3 +38,13 @@ def get_gpu(name: str, memory_gb: float | None = None) -> GpuSpec:
         spec = GpuSpec(f"{spec.name.rsplit(' ', 1)[0]} {memory_gb:g}GB", memory_gb, spec.peak_flops,
                        spec.nvlink_gbps)
     return spec
+
+
+def nominal_memory_gb(total_bytes: int) -> float:
+    """The card's memory as the planner counts it: the largest known card's nominal size that the
+    device's total memory holds (an H100 reports 85.0e9 bytes, planned as 80 GB), so that
+    `parallel.reshard_after_forward: auto` decides on a GPU as `flip-scale plan --gpu` does;
+    an unknown, smaller card: its own size."""
+    gb = total_bytes / 1e9
+    known = [g.memory_gb for g in GPUS.values() if g.memory_gb <= gb]
+    return max(known) if known else gb

@@ -8,7 +8,7 @@ for the tiny model (torch.autograd.graph.saved_tensors_hooks), on the CPU.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
 from ..models.masking import num_kept, num_text_kept
@@ -68,9 +68,20 @@ NORM_STAT_FLOATS = 4
 # the features: this rank's rows and the same rows times the scale, for both towers, plus the
 # gathered batch of each tower (measured in tests/test_plan.py).
 LOSS_SAVED_MATRICES = 2
+# Where the step's memory peaks (flip-scale plan --simulate: FSDPMemTracker over the real step of
+# the paper layouts). At the start of the loss's backward no gradient exists yet (zero_grad sets
+# them to None) and FSDP holds no gathered block, but every activation is saved and the backward
+# of the two [micro, global] matmuls holds six [global, embed dim] fp32 matrices (the gradients of
+# both gathered feature matrices, their reduce-scatter inputs and outputs): 1.61 GB for H/14 at a
+# 64k batch, where the paper recipes peak. In the loss's forward the two [micro, global] logit
+# matrices are alive together with the log-softmax outputs.
+LOSS_BACKWARD_GLOBAL_MATRICES = 6
+LOSS_FORWARD_LOGIT_MATRICES = 2
 # The backward of a block needs room for the gradients of its activations besides what is
-# saved; about one block's saved activations more.
-BACKWARD_WORKSPACE_BLOCKS = 1
+# saved: about a third of a block's saved activations more (simulated, FSDPMemTracker's
+# temporaries in the first block's backward besides the recomputed block under checkpointing:
+# B/16 0.36 of a block with 50% masking, 0.31 unmasked, 512 samples per GPU).
+BACKWARD_WORKSPACE_BLOCKS = 0.3
 
 
 @dataclass(frozen=True)
@@ -142,11 +153,20 @@ def activation_bytes_per_sample(size: ModelSize, mask_ratio: float, text_length:
             "total": blocks + stem + (recompute if checkpointing else 0.0)}
 
 
-def loss_bytes(micro_batch: int, global_batch: int, embed_dim: int, gathered: bool = True) -> float:
+def loss_bytes(micro_batch: int, global_batch: int, embed_dim: int, gathered: bool = True,
+               overlap_gather: bool = False) -> float:
     """fp32 bytes the loss keeps: this rank's rows against the whole (gathered) batch, both ways.
-    gathered=False: one process, where the 'gathered' features are the local ones."""
-    features = 4 * micro_batch + (2 * global_batch if gathered else 0)
+    gathered=False: one process, where the 'gathered' features are the local ones.
+    overlap_gather: parallel.overlap_loss_gather, whose text rows are gathered before the L2
+    normalisation, which keeps the un-normalised [global, D] matrix for its backward."""
+    features = 4 * micro_batch + ((2 + overlap_gather) * global_batch if gathered else 0)
     return LOSS_SAVED_MATRICES * micro_batch * global_batch * 4 + features * embed_dim * 4
+
+
+def loss_peak_extra_bytes(micro_batch: int, global_batch: int, embed_dim: int) -> dict:
+    """Transient fp32 bytes on top of what the loss keeps, at its forward and backward peaks."""
+    return {"loss forward": LOSS_FORWARD_LOGIT_MATRICES * micro_batch * global_batch * 4,
+            "loss backward": LOSS_BACKWARD_GLOBAL_MATRICES * global_batch * embed_dim * 4}
 
 
 # ---- parameters ---------------------------------------------------------------------------
@@ -165,27 +185,46 @@ def _param_counts_cached(size: ModelSize) -> dict:
             # per-tower block sizes and counts: the FSDP units the communication model gathers
             "image_block": count(model.visual.blocks[0]), "image_layers": len(model.visual.blocks),
             "text_block": count(model.text.blocks[0]), "text_layers": len(model.text.blocks),
-            "outside_blocks": count(model) - sum(count(b) for b in model.transformer_blocks())}
+            "outside_blocks": count(model) - sum(count(b) for b in model.transformer_blocks()),
+            # parameter tensors: the gradient norm all-reduces one partial norm per tensor
+            "tensors": len(list(model.parameters())),
+            # (dim 0, numel) of each tensor: FSDP2 pads dim 0 to a multiple of the shard group
+            # the logit scale: FSDP leaves it out, a replicated fp32 parameter (backends/fsdp.py)
+            "replicated": model.logit_scale.numel(), "replicated_tensors": 1,
+            "shapes": {"root": _shapes(p for name, p in model.named_parameters()
+                                       if not name.startswith(("visual.blocks.", "text.blocks."))
+                                       and name != "logit_scale"),
+                       "image_block": _shapes(model.visual.blocks[0].parameters()),
+                       "text_block": _shapes(model.text.blocks[0].parameters())}}
+
+
+def _shapes(params) -> tuple:
+    return tuple((p.shape[0] if p.dim() else 1, p.numel()) for p in params)
 
 
 def param_counts(size: ModelSize) -> dict:
+    """Parameter counts of the model (total, per tower, per block) and, under "shapes", the
+    (dim 0, numel) of each tensor of the root and of one block of each tower."""
     return dict(_param_counts_cached(size))
 
 
 # ---- the plan -----------------------------------------------------------------------------
 @dataclass
 class MemoryPlan:
+    """Memory per GPU at the step's peak: each part is what is held at that moment (peak_at)."""
+
     scheme: str                 # none | zero1 | zero2 | zero3 (FSDP = zero3)
     world_size: int
     micro_batch: int
     weights_gb: float
-    grads_gb: float
+    grads_gb: float             # 0 at the loss's peaks: no gradient exists before the towers' backward
     master_gb: float
     moments_gb: float
     working_copies_gb: float    # gathered bf16 blocks (FSDP/ZeRO-3) or autocast's weight cache
-    activations_gb: float
-    loss_gb: float
-    workspace_gb: float
+    activations_gb: float       # the towers' saved activations (with checkpointing: the block inputs)
+    loss_gb: float              # what the loss saves for its backward (log-softmax outputs, features)
+    workspace_gb: float         # temporaries at the peak: the loss's (at its peaks) or a block's backward
+                                # (its gradient workspace; with checkpointing also the recomputed block)
     total_gb: float
     capacity_gb: float
     usable_gb: float
@@ -193,6 +232,8 @@ class MemoryPlan:
     max_micro_batch: int
     activation_gb_per_sample: float
     checkpointing: bool
+    peak_at: str = "loss backward"   # loss forward | loss backward | first block backward
+    candidates_gb: dict = field(default_factory=dict)  # the total at each of those moments
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -210,12 +251,20 @@ def plan_memory(size: ModelSize, *, mask_ratio: float, text_length: int, precisi
                 zero_stage: int | None, checkpointing: bool, world_size: int, global_batch: int,
                 capacity_gb: float, flash_attention: bool = True, text_mask_ratio: float = 0.0,
                 shard_group: int | None = None, kept_gathered_params: int = 0,
-                micro_batch: int | None = None) -> MemoryPlan:
-    """shard_group: ranks that partition one model copy (HSDP); None = all ranks.
+                micro_batch: int | None = None, overlap_loss_gather: bool = False) -> MemoryPlan:
+    """The peak of a step per GPU, the largest of three moments (where flip-scale plan --simulate
+    finds it: the loss's backward for every paper recipe; a block's backward for small batches):
+      loss forward / loss backward: the optimizer state, every saved activation, what the loss
+        saves and its transient matrices; no gradient yet (the last step's were set to None), no
+        gathered block (FSDP re-gathers in backward), autocast's cache gone (the loss runs outside it);
+      first block backward: gradients, the gathered blocks in flight, all activations (with
+        checkpointing: the recomputed block, once) and the block's backward workspace.
+    shard_group: ranks that partition one model copy (HSDP); None = all ranks.
     micro_batch: train.micro_batch_size (contrastive micro-batching): the towers' activations are
     those of one micro batch, the loss still spans the whole local batch (its cached features).
     kept_gathered_params: block parameters FSDP keeps gathered from forward to backward
-    (parallel.reshard_after_forward false for their tower), held in the compute dtype."""
+    (parallel.reshard_after_forward false for their tower), held in the compute dtype.
+    overlap_loss_gather: the loss keeps one more [global, D] matrix (loss_bytes)."""
     scheme = partition_scheme(backend, zero_stage)
     shard_ranks = shard_group or world_size
     counts = param_counts(size)
@@ -225,35 +274,79 @@ def plan_memory(size: ModelSize, *, mask_ratio: float, text_length: int, precisi
     else:
         w, g, m, mo = STATE_BYTES[("bf16", backend if backend in ("deepspeed", "fsdp") else "autocast")]
     split = PARTITIONED[scheme]
+    if backend == "fsdp":
+        # FSDP2 pads each tensor's dim 0 to a multiple of the shard group: shards hold the padding.
+        from .comm import fsdp_units
+
+        n = sum(u for _, u in fsdp_units(counts, 1, shard_ranks))
     shard = lambda name, b: n * b / (shard_ranks if name in split else 1) / GB  # noqa: E731
     weights, grads, master, moments = shard("weights", w), shard("grads", g), shard("master", m), shard("moments", mo)
+    if backend == "fsdp":  # the replicated logit scale, whole on every rank: fp32, its gradient, AdamW m, v
+        rep = counts.get("replicated", 0)
+        weights, grads, moments = weights + rep * 4 / GB, grads + rep * 4 / GB, moments + rep * 8 / GB
+    # torch's AdamW keeps its step count as one fp32 tensor per parameter tensor
+    moments += counts["tensors"] * 4 / GB if backend != "deepspeed" else 0.0
     compute_bytes = 2 if precision == "bf16" else 4
+    kept = kept_gathered_params * compute_bytes / GB
     if scheme == "zero3":
         # Gathered copies of the blocks in flight (weights in the compute dtype, their fp32
         # grads before reduce-scatter), plus the root (embeddings, norms, heads) kept gathered.
         working = (FSDP_INFLIGHT_BLOCKS * counts["largest_block"] * (compute_bytes + 4)
-                   + counts["outside_blocks"] * compute_bytes + kept_gathered_params * compute_bytes) / GB
+                   + counts["outside_blocks"] * compute_bytes) / GB + kept
     elif precision == "bf16" and backend not in ("deepspeed",):
         working = n * 2 / GB  # autocast caches a bf16 copy of every weight during forward
     else:
         working = 0.0
+    # DeepSpeed's ZeRO-1/2 keep their gradient partitions allocated across steps; torch's set to None.
+    loss_grads = grads if backend == "deepspeed" else 0.0
+    # FSDP: in the first block's backward no sharded gradient exists yet (its unsharded fp32
+    # gradient is in `working`); the others hold all of theirs by then (DDP's buckets, ZeRO's partitions).
+    block_grads = 0.0 if backend == "fsdp" else grads
     act = activation_bytes_per_sample(size, mask_ratio, text_length, precision, backend, checkpointing,
                                       flash_attention, text_mask_ratio)
     local = global_batch // world_size
     micro = min(micro_batch, local) if micro_batch else local
-    states = weights + grads + master + moments + working
-    gathered_features = loss_bytes(0, global_batch, size.embed_dim) / GB
-    loss_per_sample = loss_bytes(1, global_batch, size.embed_dim) - loss_bytes(0, global_batch, size.embed_dim)
-    per_sample = (act["total"] + act["workspace"] + loss_per_sample) / GB
-    activations = act["total"] * micro / GB
-    loss = loss_bytes(local, global_batch, size.embed_dim) / GB
-    workspace = act["workspace"] * micro / GB
-    total = states + activations + loss + workspace
+    D = size.embed_dim
+
+    def moments_at(m_local: int, m_micro: int) -> dict:
+        """{moment: (grads, working, activations, loss, workspace)} in GB."""
+        saved = act["total"] - act["recompute"]  # forward saves no recomputed block
+        loss = loss_bytes(m_local, global_batch, D, overlap_gather=overlap_loss_gather) / GB
+        extra = loss_peak_extra_bytes(m_local, global_batch, D)
+        # By the loss backward's peak the log-softmax outputs and the gathered features have been
+        # used and freed; the local rows and the overlap's un-normalised text matrix remain.
+        loss_at_backward = (4 * m_local + overlap_loss_gather * global_batch) * D * 4 / GB
+        # The block's gradient workspace; with checkpointing besides the recomputed block itself.
+        block_ws = act["workspace"]
+        return {
+            "loss forward": (loss_grads, kept, saved * m_micro / GB, loss, extra["loss forward"] / GB),
+            "loss backward": (loss_grads, kept, saved * m_micro / GB, loss_at_backward, extra["loss backward"] / GB),
+            # The recomputed block is built during backward: a temporary, as the tracker counts it.
+            "first block backward": (block_grads, working, saved * m_micro / GB, 0.0,
+                                     (act["recompute"] + block_ws) * m_micro / GB),
+        }
+
+    fixed = weights + master + moments
+
+    def peak(m_local: int, m_micro: int) -> tuple[str, float, dict]:
+        at = moments_at(m_local, m_micro)
+        totals = {k: fixed + sum(v) for k, v in at.items()}
+        where = max(totals, key=totals.get)
+        return where, totals[where], totals
+
+    where, total, candidates = peak(local, micro)
+    gr, work, activations, loss, workspace = moments_at(local, micro)[where]
     usable = capacity_gb * USABLE_MEMORY_FRACTION
-    max_micro = max(int((usable - states - gathered_features) // per_sample), 0)
-    return MemoryPlan(scheme, world_size, micro, weights, grads, master, moments, working, activations, loss,
-                      workspace, total, capacity_gb, usable, total <= usable, max_micro,
-                      act["total"] / GB, checkpointing)
+    # The largest per-GPU batch whose whole step fits (the loss over the global batch as given).
+    lo, hi = 0, 1
+    while peak(hi, hi)[1] <= usable and hi < 1 << 24:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if peak(mid, mid)[1] <= usable else (lo, mid)
+    return MemoryPlan(scheme, world_size, micro, weights, gr, master, moments, work, activations, loss,
+                      workspace, total, capacity_gb, usable, total <= usable, lo,
+                      act["total"] / GB, checkpointing, where, candidates)
 
 
 def towers_kept_gathered(size: ModelSize, *, mask_ratio: float, text_length: int, precision: str,

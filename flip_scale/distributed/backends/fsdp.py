@@ -99,17 +99,43 @@ def apply_fsdp(model: nn.Module, mesh, precision: str, reshard: dict | None = No
         cast_image_input(model)  # the root leaves images fp32; the patch-embedding conv needs bf16
 
 
+def on_device(model: nn.Module, device: torch.device) -> bool:
+    """Whether every parameter and buffer already lives on `device` (fake tensors included:
+    `.to()` on a model built under FakeTensorMode is neither needed nor possible)."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return all(t.device.type == device.type and (device.index is None or t.device.index == device.index)
+               for t in tensors)
+
+
+def card_capacity_gb(device: torch.device) -> float | None:
+    """The GPU's memory that parallel.reshard_after_forward: auto is decided against (None on CPU)."""
+    from ...planning.hardware import nominal_memory_gb
+
+    if device.type != "cuda":
+        return None
+    return nominal_memory_gb(torch.cuda.get_device_properties(device).total_memory)
+
+
 class FSDPBackend(Backend):
+    """mesh: an existing DeviceMesh to shard over (the planner's simulation builds it outside
+    FakeTensorMode, as DeviceMesh requires); None builds one from parallel.shard_group_size.
+    capacity_gb: the card's memory for `reshard_after_forward: auto`; None reads it from the
+    device (the simulation passes the planned GPU's, so both decide alike)."""
+
     name = "fsdp"
+
+    def __init__(self, cfg, denv, device: torch.device, *, mesh=None, capacity_gb: float | None = None):
+        super().__init__(cfg, denv, device)
+        self.mesh, self.capacity_gb = mesh, capacity_gb
 
     def wrap(self, model: nn.Module) -> nn.Module:
         from torch.distributed.fsdp import register_fsdp_forward_method
 
         ensure_process_group(self.device)
-        model.to(self.device)
-        mesh = build_mesh(self.device.type, dist.get_world_size(), self.cfg.parallel.shard_group_size)
-        capacity = (torch.cuda.get_device_properties(self.device).total_memory / 1e9
-                    if self.device.type == "cuda" else None)
+        if not on_device(model, self.device):
+            model.to(self.device)
+        mesh = self.mesh or build_mesh(self.device.type, dist.get_world_size(), self.cfg.parallel.shard_group_size)
+        capacity = self.capacity_gb if self.capacity_gb is not None else card_capacity_gb(self.device)
         self.reshard = resolve_reshard(self.cfg, dist.get_world_size(), capacity)  # per tower
         apply_fsdp(model, mesh, self.cfg.parallel.precision, self.reshard, self.cfg.parallel.blocks_per_unit)
         # Evaluation calls these instead of forward; registering them makes FSDP gather the
