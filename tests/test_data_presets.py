@@ -149,7 +149,7 @@ def test_relaion2b_preset_file_url_output_and_training_on_its_manifest(tmp_path,
     assert expand_shards(str(out / "manifest.json")) == listed
     run = tmp_path / "run"
     r = subprocess.run(cli("train", TINY, f"data.train_shards={out / 'manifest.json'}", f"train.out_dir={run}",
-                           "train.samples=96", "train.global_batch_size=16", "checkpoint.every_steps=0",
+                           "train.samples=96", "train.warmup_samples=32", "train.global_batch_size=16", "checkpoint.every_steps=0",
                            "train.log_every_steps=2", "data.shuffle_buffer=8"),
                        capture_output=True, text=True, cwd=tmp_path, timeout=300,
                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
