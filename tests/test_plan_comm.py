@@ -312,7 +312,7 @@ def test_device_decode_moves_the_decode_from_the_loader_cores_into_the_step(caps
     assert R.loader_images_per_core("cpu") == 130
     assert R.loader_images_per_core("device") == pytest.approx(130 * 4.7)
     b16 = str(ROOT / "recipes" / "flip" / "b16_laion400m.yaml")
-    cpu = make_plan(load_plan_config(b16, [], 64), 8, 8, "h100")
+    cpu = make_plan(load_plan_config(b16, ["data.decode=cpu"], 64), 8, 8, "h100")  # the recipe decodes on the device
     dev = make_plan(load_plan_config(b16, ["data.decode=device"], 64), 8, 8, "h100")
     micro = cpu["step"]["micro_batch"]
     assert cpu["step"]["decode_s"] == 0 and cpu["loader"]["decode"] == "cpu"
