@@ -82,6 +82,7 @@ def _worker(rank: int, world: int, jobs: list[dict]) -> None:
                 after(trainer, rank, job)
         finally:
             cleanup()
+            trainer.close()
 
 
 def run_jobs(jobs: list[dict], world: int = 2) -> None:

@@ -52,6 +52,7 @@ def runs(tmp_path_factory):
             trainer.train()
     finally:
         cleanup()
+        trainer.close()
     assert not (live / "summary.json").exists()
     return dirs + [live]
 

@@ -76,6 +76,9 @@ def test_rerun_resumes_from_the_checkpoint_instead_of_restarting(tmp_path):
     finally:
         cleanup()
         trainer.close()
+    # A run left by an exception is disarmed by close(): its watchdog would otherwise fire
+    # HANG_EXIT_CODE into this (long-lived) process hang_timeout_s later.
+    assert trainer.watchdog._thread is None
     summary = run_training(load_recipe(TINY, base))
     assert summary["steps"] == 20 and summary["samples_seen"] == 1280
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

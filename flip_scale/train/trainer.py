@@ -193,7 +193,13 @@ class Trainer:
             return None
 
     def close(self) -> None:
-        """Release the run directory (end of run, error). Idempotent."""
+        """Release the run directory and disarm the watchdog (end of run, error). Idempotent.
+
+        train() stops the watchdog only when it returns: a run left by an exception (a stop
+        signal, a refusal) must not have it fire HANG_EXIT_CODE later in a process that lives on
+        (an in-process caller, a test session)."""
+        if self.watchdog is not None:
+            self.watchdog.stop()
         self.lock.release()
 
     def _truncate_metrics(self, step: int) -> None:
