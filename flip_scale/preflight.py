@@ -8,28 +8,14 @@ still checks at start). Remote shards (http, s3 through pipe:) are not fetched h
 from __future__ import annotations
 
 import glob
-import json
 import os
 
 from braceexpand import braceexpand
 
-MANIFEST = "manifest.json"  # what `flip-scale prep download` writes beside its shards
+from .data.download import MANIFEST
+from .data.shards import _split_top_level_commas, manifest_shard_files
+
 _REMOTE = ("http://", "https://", "pipe:", "s3://", "gs://")
-
-
-def manifest_shards(path: str) -> list[str]:
-    """The shard paths a `prep download` manifest lists (relative names resolve beside it)."""
-    with open(path) as f:
-        manifest = json.load(f)
-    entries = manifest.get("shard_list") if isinstance(manifest, dict) else None
-    if not isinstance(entries, list):
-        raise ValueError(f"{path}: not a `prep download` manifest (no shard_list)")
-    base = os.path.dirname(os.path.abspath(path))
-    out = []
-    for e in entries:
-        name = e.get("shard") if isinstance(e, dict) else e
-        out.append(name if os.path.isabs(name) or str(name).startswith(_REMOTE) else os.path.join(base, name))
-    return out
 
 
 def check_shards(spec: str) -> str | None:
@@ -38,8 +24,6 @@ def check_shards(spec: str) -> str | None:
         return None
     expected: list[str] = []
     problems = []
-    from .data.shards import _split_top_level_commas
-
     for part in _split_top_level_commas(spec):
         for item in braceexpand(part):
             if item.startswith(_REMOTE):
@@ -50,9 +34,11 @@ def check_shards(spec: str) -> str | None:
                     problems.append("not found" if path == spec.strip() else f"manifest {path} not found")
                     continue
                 try:
-                    expected.extend(s for s in manifest_shards(path) if not s.startswith(_REMOTE))
-                except (ValueError, OSError) as e:
+                    present, missing = manifest_shard_files(path)
+                except ValueError as e:
                     problems.append(str(e).splitlines()[0])
+                else:
+                    expected.extend(present + missing)
             elif any(c in path for c in "*?["):
                 if not glob.glob(path):
                     problems.append(f"pattern {path} matches no file")
@@ -125,11 +111,9 @@ def init_from_vocab_mismatch(init_from: str, own_sha256: str | None, own_tokeniz
         path = _source_config_path(init_from)
         if path is None:
             return None
-        import yaml
+        from .config import read_run_config
 
-        from .config import config_from_dict
-
-        source_cfg = config_from_dict(yaml.safe_load(open(path).read()) or {}, path)
+        source_cfg = read_run_config(os.path.dirname(path))
     theirs = source_cfg.data.vocab_sha256 or vocab_sha256(source_cfg.data.tokenizer)
     if theirs is None or own_sha256 is None or theirs == own_sha256:
         return None

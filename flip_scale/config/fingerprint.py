@@ -11,7 +11,6 @@ values.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 
 from .load import config_to_dict
@@ -25,20 +24,16 @@ TRAIN_KEYS = ("global_batch_size", "samples", "base_lr", "warmup_samples", "weig
 VOCAB_KEY = "data.tokenizer_vocab_sha256"
 
 
-def vocab_hash(tokenizer) -> str:
-    """sha256 of the token -> id table (a tokenizer moved to another path is still the same one)."""
-    vocab = tokenizer.tokenizer.get_vocab(with_added_tokens=True)
-    return hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest()[:16]
-
-
-def run_fingerprint(cfg: Config, vocab_sha256: str | None = None) -> dict:
-    """{dotted key: value} of the run-defining keys (JSON values)."""
+def run_fingerprint(cfg: Config) -> dict:
+    """{dotted key: value} of the run-defining keys (JSON values). The vocabulary is
+    data.vocab_sha256, which the trainer records once the tokenizer is loaded (a tokenizer moved
+    to another path is still the same one); unrecorded, it is not compared."""
     d = config_to_dict(cfg)
     out = {f"model.{k}": v for k, v in d["model"].items() if k not in MODEL_KEYS_THAT_MAY_CHANGE}
     out.update({f"data.{k}": d["data"][k] for k in DATA_KEYS if k in d["data"]})
     out.update({f"train.{k}": d["train"][k] for k in TRAIN_KEYS if k in d["train"]})
-    if vocab_sha256 is not None:
-        out[VOCAB_KEY] = vocab_sha256
+    if cfg.data.vocab_sha256 is not None:
+        out[VOCAB_KEY] = cfg.data.vocab_sha256
     return json.loads(json.dumps(out))  # the form meta.json will give back (tuples -> lists, ...)
 
 

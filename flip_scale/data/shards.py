@@ -113,9 +113,10 @@ def check_missing(spec: str, missing: list[str], total: int) -> None:
                 len(missing), total, spec, first)
 
 
-def shards_from_manifest(path: str) -> list[str]:
-    """The shard files a `flip-scale prep download` manifest.json lists (those holding samples);
-    relative names resolve against the manifest's folder, so the folder can move."""
+def manifest_shard_files(path: str) -> tuple[list[str], list[str]]:
+    """(present, missing): the shard files a `flip-scale prep download` manifest.json lists
+    (those holding samples); relative names resolve against the manifest's folder, so the
+    folder can move. An unreadable file or one that is no manifest: ValueError."""
     try:
         with open(path) as f:
             manifest = json.load(f)
@@ -133,6 +134,12 @@ def shards_from_manifest(path: str) -> list[str]:
             continue  # every URL of the shard failed: img2dataset wrote an empty tar
         shard = os.path.join(root, entry["shard"])  # an absolute name stays as it is
         (out if os.path.isfile(shard) else missing).append(shard)
+    return out, missing
+
+
+def shards_from_manifest(path: str) -> list[str]:
+    """The shard files a manifest lists (manifest_shard_files), every one of which must exist."""
+    out, missing = manifest_shard_files(path)
     if missing:
         raise ValueError(f"manifest {path} lists {len(missing)} shard(s) that do not exist "
                          f"(first: {missing[0]})")

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from ..checkpoint import (RUN_CONFIG, Checkpointer, ResumeMismatch, find_latest, read_full_weights,
                           resolve_checkpoint, step_name)
 from ..config import Config, ConfigError, read_run_config, validate, write_config
-from ..config.fingerprint import run_fingerprint, vocab_hash
+from ..config.fingerprint import run_fingerprint
 from ..data.finite import DataExhausted, check_known_sample_count
 from ..preflight import init_from_vocab_mismatch
 from ..data.loader import build_train_loader
@@ -134,7 +134,7 @@ class Trainer:
         self.state = TrainState(loader=self.loader)
         meta = {"world_size": denv.world_size, "backend": cfg.parallel.backend,
                 "global_batch_size": cfg.train.global_batch_size,
-                RUN_CONFIG: run_fingerprint(cfg, vocab_hash(self.tokenizer))}
+                RUN_CONFIG: run_fingerprint(cfg)}
         self.checkpointer = Checkpointer(self.run_dir.checkpoints, self.backend, self.state, cfg, meta, log=self._say,
                                          legacy_fingerprint=self._legacy_fingerprint)
         resumed = self.checkpointer.resume(denv.world_size, cfg.parallel.backend, self.backend.supports_resharding,
