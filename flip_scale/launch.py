@@ -150,6 +150,17 @@ def prepare(recipe: str, overrides: list[str], run_dir: Path | str | None, site=
     return Job(str(recipe), list(overrides), cfg, run_dir, init_from_pending)
 
 
+def prepare_tuning(recipe: str, run: Job, run_overrides: list[str], tune_overrides: list[str],
+                   run_dir: Path | str | None, site=None, init_from_pending: bool = True) -> Job:
+    """The unmasked-tuning stage of `run`: its recipe with the run's site and data./eval.
+    overrides, then the tuning-only overrides, starting from the run's weights (checked to share
+    its vocabulary)."""
+    job = prepare(str(recipe), [*inherited_overrides(run_overrides), *tune_overrides, f"train.init_from={run.run_dir}"],
+                  run_dir, site, init_from_pending)
+    check_vocab(job, source=run)
+    return job
+
+
 def check_vocab(job: Job, source: Job | None = None) -> None:
     """A job starting from another run's weights must use its vocabulary (train.init_from)."""
     from .preflight import init_from_vocab_mismatch, vocab_sha256
@@ -273,10 +284,8 @@ def launch_study(spec: str, overrides: list[str], template: Path, out_root: Path
             tune_run = (out_root / f"{row}_tune").resolve()
             tune_state, _ = _row_state(f"{row}_tune", tune_run)
             if not tune_state:
-                tune_job = prepare(str(tune), [*inherited_overrides(overrides), *tune_overrides,
-                                               f"train.init_from={run_dir}"], tune_run, site,
-                                   init_from_pending=state != "finished")
-                check_vocab(tune_job, source=job)
+                tune_job = prepare_tuning(tune, job, overrides, tune_overrides, tune_run, site,
+                                          init_from_pending=state != "finished")
         plan.append((row, state, job_id, job, tune_job, tune_state))
     if check:
         check_inputs([j for _, state, _, job, tune_job, _ in plan
@@ -379,9 +388,7 @@ def main_launch(argv: list[str]) -> int:
         jobs = [run]
         if args.tune:
             tune_out = args.tune_out or (f"{run.run_dir}_tune" if args.out else None)
-            jobs.append(prepare(args.tune, [*inherited_overrides(args.overrides), *args.tune_override,
-                                            f"train.init_from={run.run_dir}"], tune_out, site, init_from_pending=True))
-            check_vocab(jobs[1], source=run)
+            jobs.append(prepare_tuning(args.tune, run, args.overrides, args.tune_override, tune_out, site))
         if not args.no_check:
             check_inputs(jobs)
         job_id = submit(run, template, args.sbatch_arg, args.dry_run, failure_env=failure_env)
