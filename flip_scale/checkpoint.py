@@ -146,11 +146,10 @@ def save_failure(error: BaseException | None, why: str | None, storage_anywhere:
     unchanged (a bug, a dead peer: the job may be requeued)."""
     if _rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
-        for leftover in (ckpt_root / f"{LATEST}.tmp",):
-            try:
-                leftover.unlink()
-            except OSError:
-                pass
+        try:
+            (ckpt_root / f"{LATEST}.tmp").unlink(missing_ok=True)
+        except OSError:
+            pass
     if not storage_anywhere:
         return error if error is not None else RuntimeError(
             f"checkpoint save at step {step} failed on another rank (its error is in its log)")
@@ -234,29 +233,27 @@ def read_meta(ckpt: Path) -> dict:
     return json.loads((Path(ckpt) / META).read_text())
 
 
+def checkpoint_candidates(path: str | os.PathLike) -> Iterator[Path]:
+    """What inference may load, newest first, lazily: one checkpoint folder as given, or every
+    complete checkpoint of a run directory / checkpoints folder (loading falls back along them).
+    None at all: FileNotFoundError."""
+    p = Path(path)
+    if (p / META).is_file():
+        yield p
+        return
+    for root in (p / "checkpoints", p):
+        found = False
+        for ckpt in complete_checkpoints(root, log=lambda m: print(m, file=sys.stderr)) if root.is_dir() else ():
+            found = True
+            yield ckpt
+        if found:
+            return
+    raise FileNotFoundError(f"{path}: no complete checkpoint found (expected RUN_DIR/checkpoints/step_*/meta.json)")
+
+
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A run directory, a checkpoints/ folder, or one checkpoint -> one complete checkpoint folder."""
-    p = Path(path)
-    if (p / META).is_file():
-        return p
-    for root in (p / "checkpoints", p):
-        found = find_latest(root, log=lambda m: print(m, file=sys.stderr)) if root.is_dir() else None
-        if found is not None:
-            return found
-    raise FileNotFoundError(f"{path}: no complete checkpoint found (expected RUN_DIR/checkpoints/step_*/meta.json)")
-
-
-def checkpoint_candidates(path: str | os.PathLike) -> list[Path]:
-    """What inference may load, newest first: one checkpoint folder as given, or every complete
-    checkpoint of a run directory / checkpoints folder (loading falls back along the list)."""
-    p = Path(path)
-    if (p / META).is_file():
-        return [p]
-    for root in (p / "checkpoints", p):
-        found = list(complete_checkpoints(root, log=lambda m: print(m, file=sys.stderr))) if root.is_dir() else []
-        if found:
-            return found
-    raise FileNotFoundError(f"{path}: no complete checkpoint found (expected RUN_DIR/checkpoints/step_*/meta.json)")
+    return next(checkpoint_candidates(path))
 
 
 def checkpoint_readers(ckpt: Path) -> tuple[str, ...]:

@@ -45,7 +45,7 @@ def load_inference(path: str | os.PathLike, device="cpu", log=_stderr) -> Loaded
     from .data.transforms import eval_transform
     from .train.build import build_model_from_config, tokenizer_spec_for_run
 
-    candidates = checkpoint_candidates(path)
+    candidates = list(checkpoint_candidates(path))
     run_dir = run_dir_of_checkpoint(candidates[0]).root
     cfg = read_run_config(run_dir)
     tokenizer = load_tokenizer(tokenizer_spec_for_run(cfg, run_dir), cfg.model.text_length, cfg.data.text_cls_token)
