@@ -56,8 +56,6 @@ from .watchdog import Watchdog
 
 __all__ = ["Trainer", "run_training", "NonFiniteLoss", "ResumeMismatch", "DataExhausted"]
 
-LOCKED = "locked"
-
 # Steps after which the collective timeout drops from parallel.init_timeout_s to timeout_s.
 WARM_STEPS = 2
 
@@ -93,11 +91,11 @@ class Trainer:
         # Rank 0 locks the run directory before anything is written into it, and before the
         # rendezvous, so a second start alone fails in seconds; the other ranks learn the outcome
         # right after it and leave with rank 0's line instead of waiting in a collective.
-        lock_error = self._claim_run_dir() if denv.is_main else None
+        claim_error = self._claim_run_dir() if denv.is_main else None
         init_distributed(denv, self.device, timeout_s=cfg.parallel.init_timeout_s)
-        lock_error = broadcast_object(lock_error)
-        if lock_error is not None:
-            raise (RunLocked if lock_error.startswith(LOCKED) else StorageError)(lock_error.split(":", 1)[1])
+        claim_error = broadcast_object(claim_error)
+        if claim_error is not None:
+            raise claim_error
         if self.device.type == "cuda":
             # TF32 matmuls on Ampere+ (FLIP trained in fp32 on TPUs; TF32 keeps fp32 range).
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -169,20 +167,18 @@ class Trainer:
                                                                 log=self._say))
         self.evals: dict = {}
 
-    def _claim_run_dir(self) -> str | None:
+    def _claim_run_dir(self) -> RunLocked | StorageError | None:
         """Rank 0: lock the run directory and probe that it and checkpoints/ take writes.
-        Returns the failure as "KIND:one line" (sent to the other ranks), None when claimed."""
+        Returns the failure (sent to the other ranks, which raise it too), None when claimed."""
         try:
             self.lock.acquire()
             # The lock file is written by now; the probes add and remove a file of their own.
             probe_writable(self.run_dir.root, "train.out_dir")
             probe_writable(self.run_dir.checkpoints, "checkpoints directory")
-        except RunLocked as e:
-            return f"{LOCKED}:{e}"
-        except StorageError as e:
-            return f"storage:{e}"
+        except (RunLocked, StorageError) as e:
+            return e
         except OSError as e:  # the lock file itself could not be made
-            return f"storage:train.out_dir {self.run_dir.root} is not writable ({e.strerror or e})"
+            return StorageError(f"train.out_dir {self.run_dir.root} is not writable ({e.strerror or e})")
         return None
 
     def _legacy_fingerprint(self) -> dict | None:
