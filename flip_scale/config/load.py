@@ -23,15 +23,20 @@ class ConfigError(ValueError):
     """A recipe problem a user must fix; str() is the one line the CLI prints."""
 
 
+def yaml_error_line(source, e: yaml.YAMLError) -> str:
+    """One line for a YAML file that does not parse: the file, the line, the problem."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" line {mark.line + 1}" if mark else ""
+    return f"{source}:{where} not valid YAML ({getattr(e, 'problem', None) or e})"
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: recipe file not found")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(e, 'problem', e)})") from None
+        raise ConfigError(yaml_error_line(path, e)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
     return data
@@ -255,9 +260,7 @@ def read_run_config(run_dir: str | os.PathLike) -> Config:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:  # a hand-edited or truncated file: one line, not a traceback
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ValueError(f"{path}:{where} not valid YAML ({getattr(e, 'problem', None) or e})") from None
+        raise ValueError(yaml_error_line(path, e)) from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: not a resolved config (a mapping of sections), got {type(data).__name__}")
     return config_from_dict(data, str(path))

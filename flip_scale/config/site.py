@@ -55,7 +55,7 @@ def site_path(arg: str | None) -> str | None:
 
 def load_site(path: str | os.PathLike) -> Site:
     """Read and check a site file: every key must be a recipe key (one-line ConfigError naming the file)."""
-    from .load import ConfigError, _build
+    from .load import ConfigError, _build, yaml_error_line
     from .schema import Config
 
     p = Path(path).expanduser().resolve()
@@ -66,9 +66,7 @@ def load_site(path: str | os.PathLike) -> Site:
     try:
         data = yaml.safe_load(raw) or {}
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}:" if mark else ""
-        raise ConfigError(f"{where}:{line} not valid YAML ({getattr(e, 'problem', e)})") from None
+        raise ConfigError(yaml_error_line(where, e)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: must be a mapping of recipe sections and `datasets:`")
     datasets = data.pop(DATASETS, None) or {}
