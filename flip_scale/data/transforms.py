@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..models.preprocess import MEAN, STD, float_images  # noqa: F401 - float_images re-exported for the loader
+from ..models.preprocess import INV_STD_255, MEAN, MEAN_255, STD, float_images  # noqa: F401 - MEAN, STD, float_images re-exported
 
 try:  # libjpeg-turbo via torchvision; PIL decodes everything when it is missing
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -40,8 +40,8 @@ except ImportError:  # pragma: no cover - torchvision is installed with torch he
     decode_jpeg = None
 
 # The model's own normalisation (models/preprocess.py); the evaluation path applies it here.
-_MEAN_255 = np.array(MEAN, dtype=np.float32) * 255.0
-_INV_STD_255 = 1.0 / (np.array(STD, dtype=np.float32) * 255.0)
+_MEAN_255 = MEAN_255.numpy()
+_INV_STD_255 = INV_STD_255.numpy()
 TRAIN_SCALE = (0.5, 1.0)          # FLIP Table 10: RandomResizedCrop area (0.5, 1)
 TRAIN_RATIO = (3 / 4, 4 / 3)
 
