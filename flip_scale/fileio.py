@@ -43,18 +43,23 @@ def storage_problem(exc: BaseException, path: str | os.PathLike) -> str | None:
     torch.save reports a full disk as RuntimeError("... file write failed") and DCP wraps
     writer errors in its own exception, so the errno is looked for along the exception chain,
     and failing that the filesystem itself is asked (no free blocks, or not writable)."""
-    seen = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
-            return STORAGE_ERRNOS[e.errno]
-        for inner in getattr(e, "failures", {}).values() if isinstance(getattr(e, "failures", None), dict) else ():
-            found = storage_problem(inner[0] if isinstance(inner, tuple) else inner, path)
+    return _errno_problem(exc, set()) or filesystem_problem(path)
+
+
+def _errno_problem(exc: BaseException | None, seen: set) -> str | None:
+    """A storage errno anywhere in exc's chain (causes, contexts, and the per-rank failures a DCP
+    CheckpointException carries: {rank: (exception, traceback)})."""
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+            return STORAGE_ERRNOS[exc.errno]
+        failures = getattr(exc, "failures", None)
+        for inner in failures.values() if isinstance(failures, dict) else ():
+            found = _errno_problem(inner[0] if isinstance(inner, tuple) else inner, seen)
             if found:
                 return found
-        e = e.__cause__ or e.__context__
-    return filesystem_problem(path)
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def filesystem_problem(path: str | os.PathLike) -> str | None:
