@@ -97,6 +97,14 @@ def test_the_reports_data_axis_reads_data_dataset(tmp_path):
     assert pre.data == tune.data == "LAION-2B"
     headers, rows = table_8([pre, tune])
     assert {r[0]: r for r in rows}["data scaling"][headers.index("run")] == "tune"
+    # A Re-LAION row keeps its own name on the data axis and fills the LAION-2B case, saying so.
+    re_pre = run("recipes/studies/l16_laion2b_12.8b.yaml", "re_pre", [*shards, "data.dataset=relaion2b"])
+    re_tune = run("recipes/studies/tuning/l16_laion2b_12.8b.yaml", "re_tune",
+                  [*shards, "data.dataset=relaion2b", f"train.init_from={re_pre.path}"])
+    assert re_pre.data == "relaion2b"
+    headers, rows = table_8([re_pre, re_tune])
+    row = {r[0]: r for r in rows}["data scaling"]
+    assert row[headers.index("run")] == "re_tune" and row[headers.index("data")] == "LAION-2B (ours: relaion2b)"
     old = Run("old", tmp_path, load_recipe(TINY, ["data.dataset=null", "data.train_shards=/x/laion400m/a.tar"],
                                            check_files=False), [], None)
     assert old.data == "LAION-400M"  # runs from before data.dataset: by their paths

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .grouping import fmt_value
 from .paper import DATASET_COLUMNS, TABLE_8, TABLE_8_COLUMNS, same_schedule
-from .runs import Run
+from .runs import Run, paper_data
 
 DASH = "-"
 
@@ -69,7 +69,7 @@ def _matches(run: Run, case: dict, runs: list[Run]) -> bool:
     Table 2's tuned L/16), so a case matches the mask-0 tuning run whose pre-training (its
     init_from, among the loaded runs) has the case's model, data, schedule and 50% mask."""
     pre = _pretraining_of(run, runs) if run.mask_ratio == 0 else None
-    return (pre is not None and pre.model == case["model"] == run.model and pre.data == case["data"]
+    return (pre is not None and pre.model == case["model"] == run.model and paper_data(pre.data) == case["data"]
             and same_schedule(pre.samples, case["samples"]) and abs(pre.mask_ratio - 0.5) < 1e-9)
 
 
@@ -86,9 +86,13 @@ def table_8(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
         match = next((r for r in runs if _matches(r, case, runs) and r.finished), None) or \
             next((r for r in runs if _matches(r, case, runs)), None)
         ours = our_table_8_values(match) if match else {}
+        data = case["data"]
         if match:
             used.add(id(match))
-        rows.append([case["case"], case["model"], case["data"], fmt_value("samples", case["samples"]),
+            pre_data = _pretraining_of(match, runs).data
+            if pre_data != data:  # a stand-in (relaion2b for LAION-2B): say which data ours used
+                data = f"{data} (ours: {pre_data})"
+        rows.append([case["case"], case["model"], data, fmt_value("samples", case["samples"]),
                      match.name if match else DASH]
                     + [f"{case[c]:.1f} / {_num(ours.get(c), '.1f')}" for c in TABLE_8_COLUMNS])
     for r in runs:
