@@ -16,7 +16,7 @@ image positions, no pre-LayerNorm, average pooling. The two engines alternate (o
 every trial) at each mask ratio, step by step, so load from other jobs hits both alike.
 
 One table per intra-op thread count, in one invocation: by default every available core (what
-users train with), then one thread (issue 23). With one thread the ratios use the process's CPU
+users train with), then one thread. With one thread the ratios use the process's CPU
 time per step (on a shared machine wall time mostly measures the scheduler); with several, wall
 time (what a user waits for: CPU time would add up every thread's work and spin-waiting, and
 would hide an op that leaves the other cores idle). The other measure is printed beside it. The
@@ -251,7 +251,7 @@ def run(masks: list[float], trials: int, steps: int, warmup: int, image_size: in
             "host_malloc_kept": ours.host_malloc_kept, "params": params, "tables": tables}
 
 
-# Ops named in issue 23 as candidates for not scaling with threads: always listed in --profile.
+# Ops suspected of not scaling with threads: always listed in --profile.
 WATCHED_OPS = ("_fused_adamw_", "_foreach_norm", "linalg_vector_norm", "_foreach_mul_", "isfinite", "gelu",
                "gelu_backward", "native_layer_norm", "native_layer_norm_backward", "argsort", "gather", "cat")
 

@@ -197,7 +197,7 @@ def format_plan(plan: dict) -> str:
         f"{c['samples_per_sec_per_gpu']:,.0f} samples/s per GPU",
         f"FLIP speedup over the same run unmasked: {c['speedup_vs_unmasked']:.2f}x "
         f"(unmasked: {c['unmasked_gpu_days']:,.0f} GPU-days)",
-        # Issue 23: a speed-up is only as honest as its baseline. This one is a FLOPs ratio at one
+        # A speed-up is only as honest as its baseline. This one is a FLOPs ratio at one
         # assumed MFU; a slow unmasked step would flatter a measured one.
         "  (baseline: this recipe at mask 0, same engine and MFU: a FLOPs ratio; measured against"
         " open_clip's unmasked step: BENCHMARKS.md)",

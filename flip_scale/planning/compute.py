@@ -19,7 +19,7 @@ DEFAULT_MFU = 0.35
 TRAIN_MULTIPLIER = 3.0
 RECOMPUTE_MULTIPLIER = 4.0
 SECONDS_PER_DAY = 86400.0
-# What speedup_vs_unmasked is measured against (issue 23: every stated speed-up names its baseline).
+# What speedup_vs_unmasked is measured against (every stated speed-up names its baseline).
 SPEEDUP_BASELINE = "the same recipe at mask 0, same engine and MFU (a FLOPs ratio, not a measurement)"
 
 
