@@ -328,14 +328,14 @@ def plan_memory(size: ModelSize, *, mask_ratio: float, text_length: int, precisi
 
     fixed = weights + master + moments
 
-    def peak(m_local: int, m_micro: int) -> tuple[str, float, dict]:
+    def peak(m_local: int, m_micro: int) -> tuple[str, float, dict, tuple]:
+        """(moment, its total, every moment's total, the moment's parts)."""
         at = moments_at(m_local, m_micro)
         totals = {k: fixed + sum(v) for k, v in at.items()}
         where = max(totals, key=totals.get)
-        return where, totals[where], totals
+        return where, totals[where], totals, at[where]
 
-    where, total, candidates = peak(local, micro)
-    gr, work, activations, loss, workspace = moments_at(local, micro)[where]
+    where, total, candidates, (gr, work, activations, loss, workspace) = peak(local, micro)
     usable = capacity_gb * USABLE_MEMORY_FRACTION
     # The largest per-GPU batch whose whole step fits (the loss over the global batch as given).
     lo, hi = 0, 1
