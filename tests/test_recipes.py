@@ -319,3 +319,18 @@ def test_the_fidelity_page_shows_what_print_config_prints():
     for key in ("global_batch_size", "samples", "warmup_samples"):
         line = next(x for x in printed.splitlines() if x.startswith(f"  {key}:"))
         assert f"\n{line}\n" in page, line
+
+
+def test_the_smoke_test_in_docs_reproduce_loads():
+    """docs/reproduce.md's 2-node smoke test shrinks the run; its overrides must still pass the
+    schema (a paper warmup left in a 409,600-sample run is refused)."""
+    import re
+
+    text = (ROOT / "docs" / "reproduce.md").read_text()
+    block = text[text.index("## 6. Smoke test"):text.index("## 7.")]
+    command = re.search(r"```\n(.*?)```", block, re.S).group(1).replace("\\\n", " ")
+    words = command.split()
+    recipe = words[words.index("launch") + 1]
+    overrides = [w for w in words if "=" in w and not w.startswith("-")]
+    cfg = load_recipe(ROOT / recipe, overrides, check_files=False)  # the site's files are not here
+    assert cfg.train.samples == 409_600 and cfg.train.warmup_samples <= cfg.train.samples

@@ -257,7 +257,7 @@ def test_non_finite_base_lr_exits_2_with_one_line(tmp_path):
     ("train.base_lr=nan", "train.base_lr"), ("train.weight_decay=.inf", "train.weight_decay"),
     ("parallel.timeout_s=.nan", "parallel.timeout_s"), ("data.shard_timeout_s=-.inf", "data.shard_timeout_s"),
     ("data.shards_per_chunk=0", "data.shards_per_chunk"), ("data.prefetch_factor=0", "data.prefetch_factor"),
-    ("train.grad_clip=-1", "train.grad_clip"), ("train.warmup_samples=128001", "train.warmup_samples"),
+    ("train.grad_clip=-1", "train.grad_clip"), ("train.warmup_samples=12801", "train.warmup_samples"),
     ("data.epochs=0", "data.epochs"),
 ])
 def test_config_holes_are_one_line_naming_the_key(override, key):
@@ -270,12 +270,19 @@ def test_config_holes_are_one_line_naming_the_key(override, key):
     assert f": {key}: " in str(e.value) and "\n" not in str(e.value)
 
 
-def test_warmup_within_ten_runs_is_allowed():
-    from flip_scale.config import load_recipe
+def test_warmup_longer_than_the_run_is_refused_and_as_long_is_allowed():
+    """The issue's case: a paper warmup (49.8M samples) left in a short run trained at 6e-11;
+    refused with the fix in the line. A warmup exactly as long as the run is still a schedule."""
+    from flip_scale.config import ConfigError, load_recipe
 
     from conftest import TINY
 
-    assert load_recipe(TINY, ["train.warmup_samples=128000"]).train.warmup_samples == 128000  # 10 x 12800
+    assert load_recipe(TINY, ["train.warmup_samples=12800"]).train.warmup_samples == 12800  # = train.samples
+    with pytest.raises(ConfigError) as e:
+        load_recipe(TINY, ["train.samples=409600", "train.warmup_samples=49807360"])
+    msg = str(e.value)
+    assert "train.warmup_samples: 49807360 is longer than the run (train.samples 409600)" in msg
+    assert "0.82% of its peak" in msg and "train.warmup_samples=40960" in msg
 
 
 def test_out_dir_that_is_a_file_is_one_line(tmp_path):
