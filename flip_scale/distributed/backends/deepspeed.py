@@ -291,9 +291,37 @@ class DeepSpeedBackend(Backend):
                 for name, p in params.items():
                     p.data.copy_(state_dict[name].to(p.device, p.dtype).reshape(p.shape))
             for name, p in params.items():
-                safe_set_full_fp32_param(p, state_dict[name].to(p.device, torch.float32))
+                full = state_dict[name].to(p.device, torch.float32)
+                if self.zero_stage == 3:
+                    _set_zero3_fp32_partition(p, full)
+                else:
+                    safe_set_full_fp32_param(p, full)
             for name, b in buffers.items():
                 b.copy_(state_dict[name])
+
+
+def _set_zero3_fp32_partition(p: torch.nn.Parameter, full: torch.Tensor) -> None:
+    """This rank's piece of a ZeRO-3 parameter's fp32 master, from the full value.
+
+    DeepSpeed's set_full_hp_param narrows the UNPADDED full value at rank x (padded partition
+    size), which runs past its end on the last ranks of a parameter whose size the world does
+    not divide (the one-element logit scale on 2 ranks: "start (1) + length (1) exceeds dimension
+    size (1)"). Here the piece is cut from the full value and zero-padded to the partition.
+    """
+    import torch.distributed as dist
+    from deepspeed.utils import safe_set_local_fp32_param
+
+    if not p.requires_grad:
+        return
+    n = p.ds_tensor.numel()  # the padded partition every rank holds
+    group = getattr(p, "ds_process_group", None)
+    rank = dist.get_rank(group=group) if dist.is_initialized() else 0
+    flat = full.flatten()
+    piece = torch.zeros(n, dtype=torch.float32, device=full.device)
+    start = min(rank * n, flat.numel())
+    stop = min(start + n, flat.numel())
+    piece[: stop - start] = flat[start:stop]
+    safe_set_local_fp32_param(p, piece)
 
 
 def _nullcontext():
