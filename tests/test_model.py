@@ -291,3 +291,36 @@ def test_mean_all_pools_every_token_including_cls():
         emb = m.encode_image(images, normalize=False)
     assert torch.allclose(emb, m.visual.proj(tokens.mean(dim=1)), atol=1e-6)
     assert not torch.allclose(emb, m.visual.proj(tokens[:, 1:].mean(dim=1)), atol=1e-4)  # not mean_patches
+
+
+def test_text_tower_last_block_computes_the_first_token_only_with_the_same_maths():
+    """The text feature reads position 0; the last block (FirstTokenBlock) computes only it. Its
+    output and every gradient equal timm's full Block on the same weights, sliced to position 0;
+    the image tower's blocks stay full (its pooling reads every token)."""
+    from timm.models.vision_transformer import Block
+
+    from flip_scale.models.towers import FirstTokenBlock
+
+    torch.manual_seed(0)
+    m = create_model("tiny").train()
+    last = m.text.blocks[-1]
+    assert type(last) is FirstTokenBlock and all(type(b) is Block for b in m.text.blocks[:-1])
+    assert all(type(b) is Block for b in m.visual.blocks)
+    x = torch.randn(3, m.size.text_length, m.size.text_width, requires_grad=True)
+    ours = last(x)
+    full = Block.forward(last, x)[:, :1]
+    assert ours.shape == (3, 1, m.size.text_width)
+    assert torch.allclose(ours, full, atol=1e-5)
+    g = torch.randn_like(ours)
+    params = [x, *last.parameters()]
+    for a, b in zip(torch.autograd.grad(ours, params, g), torch.autograd.grad(full, params, g)):
+        assert torch.allclose(a, b, atol=1e-5)
+    # The whole text tower: its feature equals the one from full blocks everywhere.
+    tokens = torch.randint(1, 60, (3, m.size.text_length))
+    with torch.no_grad():
+        feature = m.text(tokens)
+        h = m.text.token_embed(tokens) + m.text.pos_embed
+        for block in m.text.blocks:
+            h = Block.forward(block, h)
+        reference = m.text.proj(m.text.norm(h)[:, 0])
+    assert torch.allclose(feature, reference, atol=1e-5)

@@ -10,6 +10,7 @@ import math
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
@@ -27,11 +28,44 @@ GELU = partial(nn.GELU, approximate="tanh")
 IMAGE_POOLS = ("mean_all", "mean_patches", "cls")
 
 
-def _blocks(depth: int, width: int, heads: int, mlp_ratio: float) -> nn.ModuleList:
+def _blocks(depth: int, width: int, heads: int, mlp_ratio: float, last: type = Block) -> nn.ModuleList:
     return nn.ModuleList(
-        Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=True, norm_layer=LayerNorm, act_layer=GELU)
-        for _ in range(depth)
+        (last if i == depth - 1 else Block)(width, heads, mlp_ratio=mlp_ratio, qkv_bias=True, norm_layer=LayerNorm,
+                                            act_layer=GELU)
+        for i in range(depth)
     )
+
+
+class FirstTokenBlock(Block):
+    """timm's Block computing only position 0's output: the text tower's last block, whose
+    other outputs the first-token feature never reads.
+
+    Keys and values still come from every token (one qkv matmul over all of them, as in Block);
+    the attention, its output projection and the MLP run for the first token alone. That skips
+    about three quarters of the block's matmuls (at 32 tokens, 1 - (3 + 9/32) / 12), with the
+    same maths for the output that is used: `block(x) == Block.forward(block, x)[:, :1]` up to
+    float rounding (tests/test_model.py). Same parameters and state-dict keys as Block, and
+    every submodule is still called (ZeRO-3's per-module gathering, FSDP units and activation
+    checkpointing wrap it as they wrap Block).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if getattr(self.attn, "gate", None) is not None:
+            raise ValueError("FirstTokenBlock does not implement gated attention")
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        if attn_mask is not None or is_causal:
+            raise ValueError("FirstTokenBlock: the text tower attends without a mask")
+        attn = self.attn
+        B, N, _ = x.shape
+        qkv = attn.qkv(self.norm1(x)).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = attn.q_norm(q[:, :, :1]), attn.k_norm(k)
+        o = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if self.training else 0.0)
+        o = attn.proj_drop(attn.proj(attn.norm(o.transpose(1, 2).reshape(B, 1, attn.attn_dim))))
+        x = x[:, :1] + self.drop_path1(self.ls1(o))
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
 class VisionTower(nn.Module):
@@ -106,7 +140,8 @@ class TextTower(nn.Module):
         self.mask_ratio, self.mask_mode, self.pad_id = mask_ratio, mask_mode, pad_id
         self.token_embed = nn.Embedding(vocab_size, width)
         self.pos_embed = nn.Parameter(torch.zeros(1, text_length, width))
-        self.blocks = _blocks(layers, width, heads, mlp_ratio)
+        # The feature reads position 0 only: the last block computes nothing else.
+        self.blocks = _blocks(layers, width, heads, mlp_ratio, last=FirstTokenBlock)
         self.norm = LayerNorm(width)
         self.proj = nn.Linear(width, embed_dim, bias=False)
 
@@ -133,7 +168,7 @@ class TextTower(nn.Module):
             x = self._mask(x, tokens, noise)
         for block in self.blocks:
             x = block(x)  # no attention mask: FLIP attends to padding too
-        x = self.norm(x)
+        x = self.norm(x)  # [B, 1, width]: the last block returns the first token only
         return self.proj(x[:, 0])
 
 
