@@ -146,7 +146,10 @@ def test_activation_model_matches_torch_saved_tensors(mask, checkpointing):
     assert estimated == pytest.approx(measured, rel=ACTIVATION_TOLERANCE)
     if checkpointing:
         full = activation_bytes_per_sample(size, mask, size.text_length, "fp32", "single", False)
-        assert est["total"] < full["total"] / 2
+        # Each block keeps its input (one width per token) instead of ~16 widths per token; the
+        # one block recomputed in backward adds back less than that saves, even on tiny's 3 + 2 blocks.
+        assert est["blocks"] < full["blocks"] / 8
+        assert est["total"] < 0.6 * full["total"]
 
 
 def test_loss_memory_model_matches_torch():

@@ -111,10 +111,23 @@ def block_bytes_per_sample(tokens: int, width: int, heads: int, mlp_ratio: float
     return tokens * per_token + heads * tokens * tokens * dt.compute
 
 
+def first_token_block_bytes_per_sample(tokens: int, width: int, heads: int, mlp_ratio: float,
+                                      dt: ActivationDtypes, flash_attention: bool = True) -> float:
+    """Bytes autograd keeps for the text tower's last block (models/towers.py FirstTokenBlock):
+    norm1 and the qkv matmul run over every token (norm1 input and stats, qkv input, the qkv
+    output whose views q/k/v are), the rest over the first token only (norm2 input and stats,
+    attention output, fc1 input, GELU and fc2 inputs)."""
+    every = tokens * (width * dt.residual + 2 * 4 + 4 * width * dt.compute)
+    first = width * dt.residual + 2 * 4 + (2 + 2 * mlp_ratio) * width * dt.compute
+    attention = heads * 4 if flash_attention else heads * tokens * dt.compute  # one query row
+    return every + first + attention
+
+
 def _tower_shapes(size: ModelSize, mask_ratio: float, text_length: int):
+    """(tokens, width, heads, layers, last block computes the first token only) per tower."""
     image_tokens = num_kept(size.num_patches, mask_ratio) + 1
-    return [(image_tokens, size.vision_width, size.vision_heads, size.vision_layers),
-            (text_length, size.text_width, size.text_heads, size.text_layers)]
+    return [(image_tokens, size.vision_width, size.vision_heads, size.vision_layers, False),
+            (text_length, size.text_width, size.text_heads, size.text_layers, True)]
 
 
 def activation_bytes_per_sample(size: ModelSize, mask_ratio: float, text_length: int, precision: str = "fp32",
@@ -128,25 +141,27 @@ def activation_bytes_per_sample(size: ModelSize, mask_ratio: float, text_length:
     dt = activation_dtypes(precision, backend)
     text_length = num_text_kept(text_length, text_mask_ratio)  # text masking (Table 1c): kept tokens only
     blocks, recompute = 0.0, 0.0
-    for tokens, width, heads, layers in _tower_shapes(size, mask_ratio, text_length):
+    for tokens, width, heads, layers, first_token_last in _tower_shapes(size, mask_ratio, text_length):
         full = block_bytes_per_sample(tokens, width, heads, size.mlp_ratio, dt, flash_attention)
+        last = (first_token_block_bytes_per_sample(tokens, width, heads, size.mlp_ratio, dt, flash_attention)
+                if first_token_last else full)
         if checkpointing:
             blocks += layers * tokens * width * dt.residual
         else:
-            blocks += layers * full
+            blocks += (layers - 1) * full + last
         recompute = max(recompute, full)
     # Outside the blocks (measured on the tiny model): the pixels the patch embedding saves
     # (cast to the compute dtype under bf16); when masking, the gather keeps the full patch
-    # sequence and the argsort ids; the final norms' inputs and stats; the text feature is a
-    # view of the whole normed sequence, which therefore stays; the pooled image feature,
-    # the two L2 normalisations; the token ids.
+    # sequence and the argsort ids; the final norms' inputs and stats (the text tower's last
+    # block hands its norm the first token only, whose normed output the feature is); the
+    # pooled image feature, the two L2 normalisations; the token ids.
     patches = size.num_patches
     image_tokens = num_kept(patches, mask_ratio) + 1
     dv, dtw = size.vision_width, size.text_width
     masking = patches * dv * dt.compute + patches * 8 if mask_ratio > 0 else 0
     stem = (3 * size.image_size ** 2 * dt.compute + masking
-            + image_tokens * dv * dt.residual + text_length * dtw * (dt.residual + dt.compute)
-            + (image_tokens + text_length) * 2 * 4
+            + image_tokens * dv * dt.residual + dtw * (dt.residual + dt.compute)
+            + (image_tokens + 1) * 2 * 4
             + dv * dt.compute + 4 * size.embed_dim * 4 + text_length * 8)
     return {"blocks": blocks, "stem": stem, "recompute": recompute if checkpointing else 0.0,
             "workspace": BACKWARD_WORKSPACE_BLOCKS * recompute,
