@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import sys
@@ -27,6 +28,8 @@ from flip_scale.simulation.compare import run_simulation  # noqa: E402
 
 HARDWARE = re.compile(r"^# Hardware: (\d+) nodes x 8 H100", re.M)
 BEGIN, END = "<!-- simulate-recipes:begin -->", "<!-- simulate-recipes:end -->"
+# The 1-minute load average as each simulation started: the seconds column depends on it.
+LOADS: list[float] = []
 
 
 def paper_recipes() -> list[tuple[Path, int]]:
@@ -47,6 +50,7 @@ def simulate_all(cache: Path, reuse: bool, timeout_s: float) -> list[dict]:
             out = cache / f"{path.stem}{'_ckpt' if ck else ''}.json"
             if not (reuse and out.exists()):
                 print(f"simulating {path.name} on {nodes} x 8, checkpointing {ck} ...", file=sys.stderr, flush=True)
+                LOADS.append(os.getloadavg()[0])
                 t0 = time.perf_counter()
                 sim = run_simulation(str(path.relative_to(ROOT)), overrides, nodes, 8, "h100", None, timeout_s)
                 sim["wall_s"] = time.perf_counter() - t0
@@ -76,14 +80,15 @@ def table(rows: list[dict]) -> str:
 def write_benchmarks(rows: list[dict]) -> None:
     import torch
 
+    load = (f"{min(LOADS):.1f}-{max(LOADS):.1f}" if LOADS else "not recorded (--reuse)")
     body = (f"{BEGIN}\n## Planner vs simulation: every paper recipe at its layout\n\n"
             f"`make simulate-recipes` ({date.today().isoformat()}, {platform.machine()} CPU, torch {torch.__version__}): "
             f"each recipe's real step as one rank of its `# Hardware:` layout under a fake process group and fake "
             f"tensors (`flip-scale plan RECIPE --nodes N --gpus-per-node 8 --gpu h100 --simulate`), warm second "
             f"step; ratio = analytic / simulated. parallel.compile is not simulated (eager blocks). Seconds: the "
-            f"simulation alone, on the 2-core VM under load (load average 11-18 during these runs; about 30 s of "
-            f"CPU for B/16 on 16 ranks when idle).\n\n{table(rows)}\n\n"
-            f"Every analytic peak is within 5% of the simulated one and the communication agrees to 4 decimals (to the byte when simulated; the logit scale left FSDP after these runs, moving ~100 bytes; tests/test_simulate.py checks the bytes exactly). "
+            f"simulation alone, on a {os.cpu_count()}-core machine at load average {load} as the simulations "
+            f"started.\n\n{table(rows)}\n\n"
+            f"Every analytic peak is within 5% of the simulated one and the communication agrees to 4 decimals (tests/test_simulate.py checks the bytes exactly). "
             f"The planner before this comparison summed every state, activation and workspace at once: its ratios "
             f"were 1.00-1.06 without checkpointing and 1.15-1.42 with it (it counted gradients and gathered blocks "
             f"that do not exist at the loss's backward, where the paper recipes peak, and missed the loss "
