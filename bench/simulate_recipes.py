@@ -28,8 +28,6 @@ from flip_scale.simulation.compare import run_simulation  # noqa: E402
 
 HARDWARE = re.compile(r"^# Hardware: (\d+) nodes x 8 H100", re.M)
 BEGIN, END = "<!-- simulate-recipes:begin -->", "<!-- simulate-recipes:end -->"
-# The 1-minute load average as each simulation started: the seconds column depends on it.
-LOADS: list[float] = []
 
 
 def paper_recipes() -> list[tuple[Path, int]]:
@@ -50,10 +48,10 @@ def simulate_all(cache: Path, reuse: bool, timeout_s: float) -> list[dict]:
             out = cache / f"{path.stem}{'_ckpt' if ck else ''}.json"
             if not (reuse and out.exists()):
                 print(f"simulating {path.name} on {nodes} x 8, checkpointing {ck} ...", file=sys.stderr, flush=True)
-                LOADS.append(os.getloadavg()[0])
+                load = os.getloadavg()[0]  # the seconds column depends on it
                 t0 = time.perf_counter()
                 sim = run_simulation(str(path.relative_to(ROOT)), overrides, nodes, 8, "h100", None, timeout_s)
-                sim["wall_s"] = time.perf_counter() - t0
+                sim["wall_s"], sim["load_avg"] = time.perf_counter() - t0, load
                 out.write_text(json.dumps(sim))
             sim = json.loads(out.read_text())
             plan = make_plan(load_plan_config(str(path), overrides, nodes * 8), nodes, 8, "h100")
@@ -80,7 +78,8 @@ def table(rows: list[dict]) -> str:
 def write_benchmarks(rows: list[dict]) -> None:
     import torch
 
-    load = (f"{min(LOADS):.1f}-{max(LOADS):.1f}" if LOADS else "not recorded (--reuse)")
+    loads = [r["sim"]["load_avg"] for r in rows if "load_avg" in r["sim"]]
+    load = f"{min(loads):.1f}-{max(loads):.1f}" if loads else "not recorded"
     body = (f"{BEGIN}\n## Planner vs simulation: every paper recipe at its layout\n\n"
             f"`make simulate-recipes` ({date.today().isoformat()}, {platform.machine()} CPU, torch {torch.__version__}): "
             f"each recipe's real step as one rank of its `# Hardware:` layout under a fake process group and fake "

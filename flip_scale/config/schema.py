@@ -189,7 +189,7 @@ class TrainConfig:
             fail("train.warmup_samples", f"{self.warmup_samples} is longer than the run (train.samples "
                                          f"{self.samples}): the lr would reach only "
                                          f"{100 * self.samples / self.warmup_samples:.2g}% of its peak; shorten the "
-                                         f"warmup (e.g. train.warmup_samples={max(self.samples // 10, 0)}, a tenth "
+                                         f"warmup (e.g. train.warmup_samples={self.samples // 10}, a tenth "
                                          f"of the run) or lengthen the run")
         if self.grad_clip < 0:
             fail("train.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")

@@ -100,12 +100,19 @@ def activation_dtypes(precision: str, backend: str) -> ActivationDtypes:
     return ActivationDtypes(4, 2)
 
 
+def _per_token_bytes(width: int, mlp_ratio: float, dt: ActivationDtypes) -> tuple[float, float]:
+    """One block's saved bytes per token, split (every token's qkv side, the rest): norm1's
+    input and stats, the qkv input and its q/k/v output; then norm2's input and stats, the
+    attention output, fc1's input, GELU's and fc2's inputs."""
+    norm = width * dt.residual + NORM_STAT_FLOATS // 2 * 4
+    qkv_side = norm + 4 * width * dt.compute
+    return qkv_side, norm + (compute_multiples(mlp_ratio) - 4) * width * dt.compute
+
+
 def block_bytes_per_sample(tokens: int, width: int, heads: int, mlp_ratio: float, dt: ActivationDtypes,
                            flash_attention: bool = True) -> float:
     """Bytes autograd keeps for one transformer block and one sample, without checkpointing."""
-    compute = compute_multiples(mlp_ratio)
-    per_token = RESIDUAL_MULTIPLES * width * dt.residual + NORM_STAT_FLOATS * 4
-    per_token += compute * width * dt.compute
+    per_token = sum(_per_token_bytes(width, mlp_ratio, dt))
     if flash_attention:
         return tokens * (per_token + heads * 4)
     return tokens * per_token + heads * tokens * tokens * dt.compute
@@ -114,13 +121,10 @@ def block_bytes_per_sample(tokens: int, width: int, heads: int, mlp_ratio: float
 def first_token_block_bytes_per_sample(tokens: int, width: int, heads: int, mlp_ratio: float,
                                       dt: ActivationDtypes, flash_attention: bool = True) -> float:
     """Bytes autograd keeps for the text tower's last block (models/towers.py FirstTokenBlock):
-    norm1 and the qkv matmul run over every token (norm1 input and stats, qkv input, the qkv
-    output whose views q/k/v are), the rest over the first token only (norm2 input and stats,
-    attention output, fc1 input, GELU and fc2 inputs)."""
-    every = tokens * (width * dt.residual + 2 * 4 + 4 * width * dt.compute)
-    first = width * dt.residual + 2 * 4 + (2 + 2 * mlp_ratio) * width * dt.compute
-    attention = heads * 4 if flash_attention else heads * tokens * dt.compute  # one query row
-    return every + first + attention
+    the qkv side over every token, the rest for the first token only (one query row)."""
+    qkv_side, rest = _per_token_bytes(width, mlp_ratio, dt)
+    attention = heads * 4 if flash_attention else heads * tokens * dt.compute
+    return tokens * qkv_side + rest + attention
 
 
 def _tower_shapes(size: ModelSize, mask_ratio: float, text_length: int):

@@ -308,14 +308,12 @@ def _set_zero3_fp32_partition(p: torch.nn.Parameter, full: torch.Tensor) -> None
     not divide (the one-element logit scale on 2 ranks: "start (1) + length (1) exceeds dimension
     size (1)"). Here the piece is cut from the full value and zero-padded to the partition.
     """
-    import torch.distributed as dist
     from deepspeed.utils import safe_set_local_fp32_param
 
     if not p.requires_grad:
         return
     n = p.ds_tensor.numel()  # the padded partition every rank holds
-    group = getattr(p, "ds_process_group", None)
-    rank = dist.get_rank(group=group) if dist.is_initialized() else 0
+    rank = p._z3_optimizer._get_param_partition_rank(p)  # DeepSpeed's own rule for the partition group
     flat = full.flatten()
     piece = torch.zeros(n, dtype=torch.float32, device=full.device)
     start = min(rank * n, flat.numel())
